@@ -1,0 +1,394 @@
+//! Framing, written once for every transport.
+//!
+//! A transport hands over a byte link ([`crate::transport::Link`]: anything
+//! that is `Read + Write`); [`FramedConn`] cuts that byte stream into
+//! protocol messages and writes messages back.
+//!
+//! Design choices, all for the round trip's hot path:
+//!
+//! * One receive buffer per connection, reused: after warm-up a round trip
+//!   allocates nothing. It grows on demand to fit one whole frame (at most the
+//!   configured maximum) and is read into as far as there is room, so a small
+//!   message costs one `read(2)`.
+//! * Received messages are returned as slices of that buffer: the server
+//!   echoes a payload straight from where it was received.
+//! * Replies and requests are written with one vectored write (`writev(2)`)
+//!   of header + payload: no copy into a send buffer, and on a socket one
+//!   segment rather than two.
+//! * A read or write that times out (the transport sets the timeout on the
+//!   link) is reported as [`io::ErrorKind::TimedOut`] with words a person can
+//!   act on; an end of stream in the middle of a message is
+//!   [`io::ErrorKind::UnexpectedEof`].
+
+use std::io::{self, IoSlice, Read, Write};
+
+use crate::protocol::{self, Form, HEADER_LEN, Message, Reply, Request, Scan, kind};
+
+/// Initial size of a connection's receive buffer.
+const INITIAL_BUFFER: usize = 64 * 1024;
+
+/// A byte link cut into protocol messages.
+pub struct FramedConn<L> {
+    link: L,
+    buf: Vec<u8>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// How many unconsumed bytes are known to hold no `\n`.
+    searched: usize,
+    /// Length of the message last returned, dropped at the next `recv`.
+    consume: usize,
+    max: usize,
+}
+
+impl<L: Read + Write> FramedConn<L> {
+    /// Frame `link`, accepting payloads and lines of up to `max` bytes.
+    pub fn new(link: L, max: usize) -> Self {
+        let max = max.min(u32::MAX as usize);
+        FramedConn {
+            link,
+            buf: vec![0; INITIAL_BUFFER.min(HEADER_LEN + max + 2)],
+            start: 0,
+            end: 0,
+            searched: 0,
+            consume: 0,
+            max,
+        }
+    }
+
+    /// The largest payload this connection accepts.
+    pub fn max_frame(&self) -> usize {
+        self.max
+    }
+
+    /// The link underneath, for transport-specific work.
+    pub fn link_mut(&mut self) -> &mut L {
+        &mut self.link
+    }
+
+    /// Receive the next message. `Ok(None)` is a clean end of stream between
+    /// messages (the peer closed or went away after a whole message).
+    pub fn recv(&mut self) -> io::Result<Option<Message<'_>>> {
+        Ok(self.recv_with_link()?.map(|(m, _)| m))
+    }
+
+    /// Like [`recv`](Self::recv), and also lend the link so the caller can
+    /// answer with a payload that still lives in the receive buffer.
+    pub fn recv_with_link(&mut self) -> io::Result<Option<(Message<'_>, &mut L)>> {
+        self.start += self.consume;
+        self.consume = 0;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            self.searched = 0;
+        }
+        let used = loop {
+            let avail = &self.buf[self.start..self.end];
+            match protocol::scan(avail, self.searched, self.max) {
+                Scan::Complete(_, used) => break used,
+                Scan::Incomplete { need } => {
+                    let have = avail.len();
+                    if have > 0 && avail[0] != protocol::MAGIC {
+                        self.searched = have;
+                    }
+                    self.make_room(need.unwrap_or(have + 1).max(have + 1));
+                    let n = loop {
+                        match self.link.read(&mut self.buf[self.end..]) {
+                            Ok(n) => break n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Err(timeout_words(e, "waiting for the peer to send")),
+                        }
+                    };
+                    if n == 0 {
+                        if have == 0 {
+                            return Ok(None);
+                        }
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "the peer closed the connection in the middle of a message ({have} bytes received)"
+                            ),
+                        ));
+                    }
+                    self.end += n;
+                }
+            }
+        };
+        self.consume = used;
+        self.searched = 0;
+        // Scan once more to hand out the borrow (for a line, the hint makes
+        // this O(1): the '\n' is known to be the last byte used).
+        let hint = used.saturating_sub(1);
+        match protocol::scan(&self.buf[self.start..self.end], hint, self.max) {
+            Scan::Complete(m, _) => Ok(Some((m, &mut self.link))),
+            Scan::Incomplete { .. } => unreachable!("a complete message stays complete"),
+        }
+    }
+
+    /// Make room for `want` unconsumed bytes in total.
+    fn make_room(&mut self, want: usize) {
+        if self.start + want <= self.buf.len() {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if want > self.buf.len() {
+            let cap = (HEADER_LEN + self.max).max(self.max + 2);
+            // `want` never exceeds `cap`: a frame is at most header + max,
+            // a line at most max + "\r\n" before `scan` calls it oversized.
+            let grown = want.max(self.buf.len().saturating_mul(2)).min(cap);
+            self.buf.resize(grown.max(want), 0);
+        }
+    }
+
+    /// Send a request in the given form.
+    pub fn send_request(&mut self, form: Form, req: &Request<'_>) -> io::Result<()> {
+        write_request(&mut self.link, form, req)
+    }
+
+    /// Send a reply in the given form.
+    pub fn send_reply(&mut self, form: Form, reply: &Reply<'_>) -> io::Result<()> {
+        write_reply(&mut self.link, form, reply)
+    }
+}
+
+/// Write one request to `w` in one vectored write.
+pub fn write_request<W: Write + ?Sized>(
+    w: &mut W,
+    form: Form,
+    req: &Request<'_>,
+) -> io::Result<()> {
+    match form {
+        Form::Binary => {
+            let (k, payload): (u8, &[u8]) = match req {
+                Request::Ping => (kind::PING, b""),
+                Request::Echo(p) => (kind::ECHO, p),
+                Request::Quit => (kind::QUIT, b""),
+            };
+            let h = checked_header(k, payload.len())?;
+            write_parts(w, &mut [IoSlice::new(&h), IoSlice::new(payload)])
+        }
+        Form::Text => match req {
+            Request::Ping => write_parts(w, &mut [IoSlice::new(b"ping\n")]),
+            Request::Quit => write_parts(w, &mut [IoSlice::new(b"quit\n")]),
+            Request::Echo(p) => {
+                if p.contains(&b'\n') {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a text-form echo cannot carry a newline (use the binary form)",
+                    ));
+                }
+                write_parts(
+                    w,
+                    &mut [IoSlice::new(b"echo "), IoSlice::new(p), IoSlice::new(b"\n")],
+                )
+            }
+        },
+    }
+}
+
+/// Write one reply to `w` in one vectored write.
+pub fn write_reply<W: Write + ?Sized>(w: &mut W, form: Form, reply: &Reply<'_>) -> io::Result<()> {
+    match form {
+        Form::Binary => {
+            let (k, payload): (u8, &[u8]) = match reply {
+                Reply::Pong => (kind::PONG, b""),
+                Reply::Data(p) => (kind::DATA, p),
+                Reply::Error(r) => (kind::ERROR, r),
+                Reply::Bye => (kind::BYE, b""),
+            };
+            let h = checked_header(k, payload.len())?;
+            write_parts(w, &mut [IoSlice::new(&h), IoSlice::new(payload)])
+        }
+        Form::Text => match reply {
+            Reply::Pong => write_parts(w, &mut [IoSlice::new(b"pong\n")]),
+            Reply::Bye => write_parts(w, &mut [IoSlice::new(b"bye\n")]),
+            Reply::Data(p) => write_parts(w, &mut [IoSlice::new(p), IoSlice::new(b"\n")]),
+            Reply::Error(r) => write_parts(
+                w,
+                &mut [IoSlice::new(b"ERR "), IoSlice::new(r), IoSlice::new(b"\n")],
+            ),
+        },
+    }
+}
+
+fn checked_header(k: u8, len: usize) -> io::Result<[u8; HEADER_LEN]> {
+    if len > u32::MAX as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a payload of {len} bytes does not fit a frame (at most 4 GiB - 1)"),
+        ));
+    }
+    Ok(protocol::header(k, len))
+}
+
+/// `write_all` for a vectored write: keeps writing until every part is out.
+pub fn write_parts<W: Write + ?Sized>(w: &mut W, parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+    let mut bufs = parts;
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the peer stopped accepting data",
+                ));
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(timeout_words(e, "waiting for the peer to accept data")),
+        }
+    }
+    w.flush()
+}
+
+/// Turn the `EAGAIN` a timed-out blocking read or write returns into a
+/// `TimedOut` error that says what was being waited for.
+pub fn timeout_words(e: io::Error, waiting: &str) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out {waiting} (is the peer alive? --timeout sets the limit)"),
+        ),
+        _ => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// An in-memory link that hands out its input in fixed-size dribbles, to
+    /// exercise every partial-read path of the framing.
+    struct Dribble {
+        input: VecDeque<u8>,
+        step: usize,
+        output: Vec<u8>,
+    }
+
+    impl Read for Dribble {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.input.len());
+            for b in buf.iter_mut().take(n) {
+                *b = self.input.pop_front().unwrap();
+            }
+            Ok(n)
+        }
+    }
+    impl Write for Dribble {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn conn(input: Vec<u8>, step: usize, max: usize) -> FramedConn<Dribble> {
+        FramedConn::new(
+            Dribble {
+                input: input.into(),
+                step,
+                output: Vec::new(),
+            },
+            max,
+        )
+    }
+
+    #[test]
+    fn mixed_forms_in_small_pieces() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+        let mut input = Vec::new();
+        write_request(&mut input, Form::Text, &Request::Ping).unwrap();
+        write_request(&mut input, Form::Binary, &Request::Echo(&big)).unwrap();
+        input.extend_from_slice(b"echo hi\r\n");
+        write_request(&mut input, Form::Binary, &Request::Quit).unwrap();
+        for step in [1, 3, 8, 4096, 1 << 20] {
+            let mut c = conn(input.clone(), step, 1 << 20);
+            let mut got = Vec::new();
+            while let Some(m) = c.recv().unwrap() {
+                got.push(format!(
+                    "{:?}",
+                    protocol::parse_request(&m).map(|r| match r {
+                        Request::Echo(p) =>
+                            format!("echo {} {}", p.len(), p == &big[..] || p == b"hi"),
+                        other => format!("{other:?}"),
+                    })
+                ));
+            }
+            assert_eq!(
+                got,
+                [
+                    "Ok(\"Ping\")",
+                    "Ok(\"echo 200000 true\")",
+                    "Ok(\"echo 2 true\")",
+                    "Ok(\"Quit\")"
+                ],
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn eof_mid_message_is_an_error() {
+        let mut input = Vec::new();
+        write_request(&mut input, Form::Binary, &Request::Echo(&[1; 100])).unwrap();
+        input.truncate(50);
+        let err = conn(input, 7, 1000).recv().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn oversized_header_allocates_nothing() {
+        let mut h = protocol::header(kind::ECHO, 0).to_vec();
+        h[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut c = conn(h, 8, 1 << 20);
+        let m = c.recv().unwrap().unwrap();
+        assert!(matches!(m, Message::Oversized { announced, .. } if announced == u32::MAX as u64));
+        assert!(c.buf.len() <= INITIAL_BUFFER);
+    }
+
+    #[test]
+    fn endless_line_stops_at_the_limit() {
+        let mut c = conn(vec![b'x'; 10_000], 100, 1000);
+        assert!(matches!(
+            c.recv().unwrap().unwrap(),
+            Message::Oversized {
+                form: Form::Text,
+                ..
+            }
+        ));
+        assert!(c.buf.len() <= 1002 + HEADER_LEN);
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let mut out = Vec::new();
+        write_reply(&mut out, Form::Binary, &Reply::Data(b"\0\n\xff")).unwrap();
+        write_reply(&mut out, Form::Text, &Reply::Error(b"nope")).unwrap();
+        let mut c = conn(out, 2, 100);
+        let m = c.recv().unwrap().unwrap();
+        assert_eq!(
+            protocol::parse_reply(&m, &Request::Echo(b"")),
+            Ok(Reply::Data(b"\0\n\xff"))
+        );
+        let m = c.recv().unwrap().unwrap();
+        assert_eq!(
+            protocol::parse_reply(&m, &Request::Ping),
+            Ok(Reply::Error(b"nope"))
+        );
+        assert!(c.recv().unwrap().is_none());
+    }
+
+    #[test]
+    fn text_echo_refuses_newlines() {
+        let mut out = Vec::new();
+        let e = write_request(&mut out, Form::Text, &Request::Echo(b"a\nb")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+}

@@ -1,0 +1,203 @@
+//! `ipclab demo`: a scripted session against a real server process.
+//!
+//! The server is started as a separate child process (the `ipclab` binary
+//! re-executed as `ipclab serve <transport>`), the client runs in this
+//! process, and each request of a short script is shown with its reply and
+//! its round-trip time. Then the server is stopped as Ctrl-C would, and the
+//! demo checks that its objects are gone.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::process::ServerProcess;
+use crate::protocol::{Form, Reply, Request};
+use crate::transport::{Config, Transport};
+use crate::units::{fmt_duration, fmt_size};
+
+/// What one transport's demo showed, for the summary of `demo all`.
+#[derive(Debug)]
+pub struct Outcome {
+    pub transport: &'static str,
+    pub ping: Option<Duration>,
+    pub echo_64k: Option<Duration>,
+    pub error: Option<String>,
+}
+
+/// Run the scripted session for `t`, writing the transcript to `out`.
+pub fn run(exe: &Path, t: &dyn Transport, base: &Config, out: &mut dyn Write) -> Outcome {
+    let mut outcome = Outcome {
+        transport: t.name(),
+        ping: None,
+        echo_64k: None,
+        error: None,
+    };
+    if let Err(e) = script(exe, t, base, out, &mut outcome) {
+        let _ = writeln!(out, "   FAILED: {e}");
+        outcome.error = Some(e.to_string());
+    }
+    let _ = writeln!(out);
+    outcome
+}
+
+fn script(
+    exe: &Path,
+    t: &dyn Transport,
+    base: &Config,
+    out: &mut dyn Write,
+    o: &mut Outcome,
+) -> io::Result<()> {
+    let mut cfg = base.clone();
+    // A name and a port of the demo's own, so it never meets a server the
+    // user started by hand.
+    cfg.name = format!("demo-{}-{}", std::process::id(), t.name());
+    cfg.addr = "127.0.0.1:0".into();
+
+    writeln!(out, "== {}: {}", t.name(), t.description())?;
+    let mut server = ServerProcess::spawn(exe, t, &cfg, &["--quiet"])?;
+    let ccfg = server.client_config(&cfg);
+    writeln!(
+        out,
+        "   server pid {} listening on {}; client pid {}",
+        server.pid(),
+        server.endpoint(),
+        std::process::id()
+    )?;
+    let mut c = Client::connect(t, &ccfg, Form::Text)?;
+
+    let binary: Vec<u8> = [0u8, b'\n', 0xff, b'\r', 0x7f, b' ', 0x80, 0]
+        .iter()
+        .cycle()
+        .take(16)
+        .copied()
+        .collect();
+    let big: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+
+    let t0 = step(out, &mut c, Form::Text, &Request::Ping, "ping".into())?;
+    o.ping = Some(t0);
+    step(
+        out,
+        &mut c,
+        Form::Text,
+        &Request::Echo(b"hello, world"),
+        "echo hello, world".into(),
+    )?;
+    // An unknown command: the server answers with an error and goes on.
+    let start = Instant::now();
+    let reply = c.send_line(b"frobnicate")?;
+    let rtt = start.elapsed();
+    show(
+        out,
+        "text",
+        "frobnicate",
+        &lossy(&reply.unwrap_or_default()),
+        rtt,
+    )?;
+    step(
+        out,
+        &mut c,
+        Form::Binary,
+        &Request::Echo(&binary),
+        format!("echo {} bytes: {}", binary.len(), hex(&binary)),
+    )?;
+    o.echo_64k = Some(step(
+        out,
+        &mut c,
+        Form::Binary,
+        &Request::Echo(&big),
+        format!("echo {} of binary data", fmt_size(big.len())),
+    )?);
+    step(out, &mut c, Form::Binary, &Request::Ping, "ping".into())?;
+    step(out, &mut c, Form::Text, &Request::Quit, "quit".into())?;
+    drop(c);
+
+    let status = server.stop()?;
+    let left = leftovers(&cfg);
+    let gone = t.connect(&Config {
+        timeout: Duration::from_millis(200),
+        ..ccfg
+    });
+    write!(out, "   server stopped with SIGTERM: {status}; ")?;
+    if !status.success() {
+        return Err(io::Error::other(format!("the server exited with {status}")));
+    }
+    if !left.is_empty() {
+        return Err(io::Error::other(format!(
+            "objects left behind: {}",
+            left.join(", ")
+        )));
+    }
+    if gone.is_ok() {
+        return Err(io::Error::other(
+            "a client can still connect after the server stopped",
+        ));
+    }
+    writeln!(out, "its objects are gone and a new client is refused")?;
+    Ok(())
+}
+
+/// Files of this instance still in the runtime directory.
+pub fn leftovers(cfg: &Config) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(&cfg.dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&cfg.name))
+        .collect()
+}
+
+fn step(
+    out: &mut dyn Write,
+    c: &mut Client,
+    form: Form,
+    req: &Request<'_>,
+    shown: String,
+) -> io::Result<Duration> {
+    c.set_form(form);
+    let start = Instant::now();
+    let reply = c.request(req)?;
+    let rtt = start.elapsed();
+    let described = match (req, &reply) {
+        (Request::Echo(p), Reply::Data(d)) if form == Form::Binary => {
+            if d == p {
+                format!("{} back, identical", fmt_size(d.len()))
+            } else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the echo differs from the request",
+                ));
+            }
+        }
+        (_, Reply::Pong) => "pong".into(),
+        (_, Reply::Bye) => "bye".into(),
+        (_, Reply::Data(d)) => lossy(d),
+        (_, Reply::Error(e)) => format!("ERR {}", lossy(e)),
+    };
+    show(out, &form.to_string(), &shown, &described, rtt)?;
+    Ok(rtt)
+}
+
+fn show(out: &mut dyn Write, form: &str, req: &str, reply: &str, rtt: Duration) -> io::Result<()> {
+    writeln!(
+        out,
+        "   {form:<6} -> {req:<46} <- {reply:<28} {:>9}",
+        fmt_duration(rtt)
+    )
+}
+
+fn lossy(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.chars().count() > 60 {
+        format!("{}…", s.chars().take(60).collect::<String>())
+    } else {
+        s.into_owned()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    let shown: Vec<String> = b.iter().take(8).map(|x| format!("{x:02x}")).collect();
+    format!("{}{}", shown.join(" "), if b.len() > 8 { " …" } else { "" })
+}

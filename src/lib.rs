@@ -1,0 +1,16 @@
+//! ipclab — every classic Linux IPC mechanism side by side.
+//!
+//! One protocol ([`protocol`]), framed once for every transport ([`conn`]),
+//! served once ([`server`]) and spoken once ([`client`]); one trait that each
+//! mechanism implements ([`transport`]); real server processes
+//! ([`process`]). The `ipclab` binary puts a command line on top.
+
+pub mod client;
+pub mod conn;
+pub mod demo;
+pub mod process;
+pub mod protocol;
+pub mod runtime;
+pub mod server;
+pub mod transport;
+pub mod units;

@@ -1,0 +1,187 @@
+//! The private runtime directory, objects we created there, and stop signals.
+//!
+//! Filesystem objects (socket files, FIFOs, pid files …) live in one
+//! directory that only we can enter: `$XDG_RUNTIME_DIR/ipclab`, or
+//! `/tmp/ipclab-<uid>` when there is no `XDG_RUNTIME_DIR`, mode 0700.
+//! A directory that exists but is not ours, is a symlink, or is writable by
+//! group or others is refused: someone else could plant or swap files in it.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::unistd::getuid;
+
+/// The default runtime directory.
+pub fn default_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() && Path::new(&d).is_dir() => PathBuf::from(d).join("ipclab"),
+        _ => PathBuf::from(format!("/tmp/ipclab-{}", getuid())),
+    }
+}
+
+/// Create `dir` (mode 0700) if it is missing, and check it is safe to use.
+pub fn prepare_dir(dir: &Path) -> io::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create runtime directory {}: {e} (choose another with --dir)",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    let meta = fs::symlink_metadata(dir)?;
+    let refuse = |why: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing runtime directory {}: {why} (choose another with --dir)",
+                dir.display()
+            ),
+        ))
+    };
+    if meta.file_type().is_symlink() {
+        return refuse("it is a symbolic link");
+    }
+    if !meta.is_dir() {
+        return refuse("it is not a directory");
+    }
+    if meta.uid() != getuid().as_raw() {
+        return refuse(&format!("it belongs to uid {}, not to us", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(&format!(
+            "it is writable by group or others (mode {:o})",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// A filesystem object this process created; dropping it removes it — but
+/// only if the path still names the very object we made (same device,
+/// inode and change time — an inode number alone can be reused), so we never
+/// unlink a file someone put there after us.
+#[derive(Debug)]
+pub struct CreatedPath {
+    path: PathBuf,
+    id: (u64, u64, i64, i64),
+}
+
+fn identity(meta: &fs::Metadata) -> (u64, u64, i64, i64) {
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+}
+
+impl CreatedPath {
+    /// Record the object now at `path` as ours, and make it owner-only.
+    pub fn adopt(path: PathBuf) -> io::Result<Self> {
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        let meta = fs::symlink_metadata(&path)?;
+        Ok(CreatedPath {
+            path,
+            id: identity(&meta),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for CreatedPath {
+    fn drop(&mut self) {
+        if let Ok(meta) = fs::symlink_metadata(&self.path)
+            && identity(&meta) == self.id
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A flag raised by SIGINT, SIGTERM and SIGHUP, so a server can leave its
+/// loop and remove its objects. (The handler only stores to an atomic,
+/// which is async-signal-safe.)
+pub fn stop_flag() -> io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}
+
+/// Wait at most `wait` for `fd` to become readable (or hung up).
+/// `Ok(false)` means the time ran out.
+pub fn wait_readable<F: AsFd>(fd: &F, wait: Duration) -> io::Result<bool> {
+    let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_unsafe_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = tmp.path().join("good");
+        prepare_dir(&good).unwrap();
+        assert_eq!(fs::metadata(&good).unwrap().mode() & 0o777, 0o700);
+
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            prepare_dir(&open)
+                .unwrap_err()
+                .to_string()
+                .contains("writable")
+        );
+
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert!(
+            prepare_dir(&link)
+                .unwrap_err()
+                .to_string()
+                .contains("symbolic link")
+        );
+    }
+
+    #[test]
+    fn created_path_never_removes_a_replacement() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("obj");
+        fs::write(&p, b"ours").unwrap();
+        let ours = CreatedPath::adopt(p.clone()).unwrap();
+        fs::remove_file(&p).unwrap();
+        fs::write(&p, b"someone else's").unwrap();
+        drop(ours);
+        assert_eq!(fs::read(&p).unwrap(), b"someone else's");
+
+        let ours = CreatedPath::adopt(p.clone()).unwrap();
+        drop(ours);
+        assert!(!p.exists());
+    }
+}

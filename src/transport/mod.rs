@@ -1,0 +1,187 @@
+//! The transport trait: what every IPC mechanism in ipclab implements.
+//!
+//! A transport is one kernel mechanism that carries bytes between two
+//! processes. It has two halves:
+//!
+//! * the **serving side**, a [`Listener`] made by [`Transport::listen`], which
+//!   *creates* the kernel objects (a socket file, a FIFO, a queue …) and
+//!   hands out one [`Link`] per client session;
+//! * the **connecting side**, [`Transport::connect`], which *opens* those
+//!   objects and returns a [`Link`] to the server.
+//!
+//! A [`Link`] is just `Read + Write`: a transport moves bytes and nothing
+//! else. Framing ([`crate::conn`]), the server's request loop
+//! ([`crate::server`]) and the client's round trip ([`crate::client`]) are
+//! written once, above this trait, for all transports — so adding a
+//! transport means writing `listen`, `accept`, `connect` and the link's
+//! `read`/`write`.
+//!
+//! # The contract
+//!
+//! * `listen` creates every kernel and filesystem object the transport needs,
+//!   owner-only (mode 0600) and inside [`Config::dir`] unless the user named
+//!   another place; a stale object left by a dead server is detected and
+//!   replaced, and a live server on the same endpoint is reported with
+//!   [`io::ErrorKind::AddrInUse`], never stolen.
+//! * Dropping the [`Listener`] removes every object `listen` created — and
+//!   only those.
+//! * [`Listener::accept`] waits at most the time it is given and returns
+//!   `Ok(None)` when no client came, so the server can notice Ctrl-C.
+//! * Every [`Link`] has bounded blocking: a read or write that cannot make
+//!   progress fails within the configured timeout ([`Config::timeout`] on the
+//!   client; [`Config::idle_timeout`] for a server waiting for a request), so
+//!   a dead or frozen peer becomes an error, never a hang.
+//! * A link reports the peer going away as end of stream (`read` returns 0)
+//!   or an error — never silence.
+//! * `connect` with no server running fails within [`Config::timeout`] with a
+//!   message that says what is missing.
+//! * A link carries bytes unchanged, in order, with nothing lost or added.
+//! * [`Transport::capabilities`] tells the truth: a transport that serves one
+//!   client at a time says so and answers a second one with a clear error.
+//!
+//! Every transport must pass the conformance suite in `tests/conformance.rs`;
+//! a new transport gets the whole suite by adding one line there.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::DEFAULT_MAX_FRAME;
+use crate::runtime;
+
+pub mod tcp;
+pub mod unix;
+
+/// A bidirectional byte link between a client and a server.
+///
+/// Implemented for everything that is `Read + Write + Send`, so a socket
+/// stream is a link as it is.
+pub trait Link: Read + Write + Send {}
+impl<T: Read + Write + Send + ?Sized> Link for T {}
+
+/// The serving side of a transport. Dropping it removes the kernel objects.
+pub trait Listener: Send {
+    /// Where clients find this server, in words: an address, a path, a name.
+    fn endpoint(&self) -> String;
+
+    /// For transports addressed by a network address: the address actually
+    /// bound (port 0 resolved). Clients of a spawned server are pointed at it.
+    fn local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// Wait at most `wait` for the next client session.
+    fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>>;
+}
+
+/// Message boundaries as the mechanism itself keeps them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boundaries {
+    /// A byte stream: the reader may see a write split or merged.
+    Stream,
+    /// Each write arrives as one whole message.
+    Messages,
+}
+
+/// What a transport can do, for `ipclab list` and the tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Several clients served at once.
+    pub multi_client: bool,
+    /// Stream or message boundaries, as the kernel mechanism provides them.
+    pub boundaries: Boundaries,
+    /// Largest message the mechanism itself carries in one piece (`None`:
+    /// no limit of its own). Larger protocol messages are carried in pieces.
+    pub max_message: Option<usize>,
+    /// Works between two machines.
+    pub crosses_machines: bool,
+}
+
+/// Settings shared by the serving and the connecting side.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Private runtime directory for filesystem objects (mode 0700).
+    pub dir: PathBuf,
+    /// Instance name, so several servers of one transport can coexist
+    /// (e.g. `<dir>/<name>.sock`).
+    pub name: String,
+    /// Network address for transports on IP (TCP, UDP).
+    pub addr: String,
+    /// Bound on every blocking wait of a client, and on a server's writes.
+    pub timeout: Duration,
+    /// How long a server waits for the next request of a silent client.
+    pub idle_timeout: Duration,
+    /// Largest payload accepted in one protocol message.
+    pub max_frame: usize,
+    /// Most client sessions a multi-client server serves at once.
+    pub max_clients: usize,
+}
+
+/// Default TCP address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8008";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dir: runtime::default_dir(),
+            name: "ipclab".into(),
+            addr: DEFAULT_ADDR.into(),
+            timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_clients: 256,
+        }
+    }
+}
+
+impl Config {
+    /// A path for a filesystem object of this instance: `<dir>/<name><suffix>`.
+    pub fn object_path(&self, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{}{}", self.name, suffix))
+    }
+}
+
+/// One IPC mechanism.
+pub trait Transport: Sync {
+    /// Short name used on the command line (`unix`, `tcp`, …).
+    fn name(&self) -> &'static str;
+    /// One line for `ipclab list`.
+    fn description(&self) -> &'static str;
+    /// The kernel objects it uses, for `ipclab list`.
+    fn kernel_objects(&self) -> &'static str;
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
+    /// Create the kernel objects and start accepting clients.
+    fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>>;
+    /// Open the server's objects and return a link to it.
+    fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>>;
+}
+
+impl fmt::Debug for dyn Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Every transport ipclab has, in the order `list`, `demo all` and `bench`
+/// show them. A new transport is added here.
+pub fn all() -> &'static [&'static dyn Transport] {
+    &[&unix::Unix, &tcp::Tcp]
+}
+
+/// Look a transport up by name, with an error listing the known ones.
+pub fn by_name(name: &str) -> io::Result<&'static dyn Transport> {
+    all()
+        .iter()
+        .copied()
+        .find(|t| t.name() == name)
+        .ok_or_else(|| {
+            let known: Vec<_> = all().iter().map(|t| t.name()).collect();
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("unknown transport '{name}' (known: {})", known.join(", ")),
+            )
+        })
+}

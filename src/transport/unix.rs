@@ -1,0 +1,229 @@
+//! `unix` — a UNIX domain stream socket.
+//!
+//! # What it is
+//! A socket whose address is a path in the filesystem instead of an IP
+//! address and port. Only processes on the same machine can connect, and the
+//! kernel moves the bytes straight from the sender's socket buffer to the
+//! receiver's: no network stack, no checksums, no TCP state machine. It is
+//! the mechanism behind X11, D-Bus, Docker's API socket and most local
+//! daemons.
+//!
+//! # How data and synchronisation flow
+//! ```text
+//!   server                                   client
+//!   socket() bind(<dir>/<name>.sock) listen()
+//!   poll() + accept()  <------ connect() ---  socket()
+//!       |                                       |
+//!     read()  <------- request bytes -------  write()/writev()
+//!     writev() ------- reply bytes -------->  read()
+//! ```
+//! `connect` puts the client into the listening socket's backlog; `accept`
+//! takes it out as a new connected socket, one per client. After that each
+//! direction is a byte stream with its own kernel buffer: `write` copies
+//! into the receiver's buffer and wakes a `read` blocked on it. A round trip
+//! is therefore four system calls and four copies (user → kernel → user,
+//! both ways), plus two wake-ups.
+//!
+//! The server serves each client on its own thread (see [`crate::server`]):
+//! a blocking read per connection is the simplest correct design, and a
+//! thread costs nothing while it sleeps in `read`. One idle or slow client
+//! then cannot hold up the others.
+//!
+//! # Limits
+//! * The socket path is at most 107 bytes (`sun_path`); keep `--dir` short.
+//! * The listen backlog (`/proc/sys/net/core/somaxconn`) bounds clients
+//!   waiting to be accepted; a connect to a full backlog would block, so the
+//!   client connects non-blocking and retries until its timeout.
+//! * Socket buffer sizes (`/proc/sys/net/core/wmem_default`): a larger
+//!   message is carried in several `read`s, which the framing handles.
+//! * A socket file outlives a server killed with SIGKILL; the next server
+//!   finds it, sees that nobody answers (`ECONNREFUSED`) and replaces it.
+//!
+//! # System calls
+//! `socket(2)`, `bind(2)`, `listen(2)`, `poll(2)`, `accept4(2)`,
+//! `connect(2)`, `read(2)`, `writev(2)`, `setsockopt(2)` (`SO_RCVTIMEO`,
+//! `SO_SNDTIMEO`), `unlink(2)`; see `unix(7)`.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::unistd::getuid;
+
+use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use crate::runtime::{self, CreatedPath};
+
+/// The UNIX domain stream socket transport.
+pub struct Unix;
+
+impl Transport for Unix {
+    fn name(&self) -> &'static str {
+        "unix"
+    }
+    fn description(&self) -> &'static str {
+        "UNIX domain stream socket, a thread per client"
+    }
+    fn kernel_objects(&self) -> &'static str {
+        "socket file <dir>/<name>.sock; a listening socket and one connected pair per client"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            multi_client: true,
+            boundaries: Boundaries::Stream,
+            max_message: None,
+            crosses_machines: false,
+        }
+    }
+
+    fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
+        runtime::prepare_dir(&cfg.dir)?;
+        let path = cfg.object_path(".sock");
+        let listener = bind_replacing_stale(&path, cfg.timeout)?;
+        let file = CreatedPath::adopt(path)?;
+        Ok(Box::new(UnixServer {
+            listener,
+            file,
+            cfg: cfg.clone(),
+        }))
+    }
+
+    fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>> {
+        let stream = connect_with_timeout(&cfg.object_path(".sock"), cfg.timeout)?;
+        stream.set_read_timeout(Some(cfg.timeout))?;
+        stream.set_write_timeout(Some(cfg.timeout))?;
+        Ok(Box::new(stream))
+    }
+}
+
+struct UnixServer {
+    listener: UnixListener,
+    // Dropped after the listener: the file is removed when the server goes.
+    file: CreatedPath,
+    cfg: Config,
+}
+
+impl Listener for UnixServer {
+    fn endpoint(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>> {
+        if !runtime::wait_readable(&self.listener, wait)? {
+            return Ok(None);
+        }
+        let (stream, _) = self.listener.accept()?;
+        stream.set_read_timeout(Some(self.cfg.idle_timeout))?;
+        stream.set_write_timeout(Some(self.cfg.timeout))?;
+        Ok(Some(Box::new(stream)))
+    }
+}
+
+/// Bind `path`; if a socket file is already there, find out whether a server
+/// still answers on it. A dead server's file is replaced; a live server is
+/// an error. Anything that is not our socket file is left alone.
+fn bind_replacing_stale(path: &Path, timeout: Duration) -> io::Result<UnixListener> {
+    match UnixListener::bind(path) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+        other => return other.map_err(|e| with_path(e, "cannot bind", path)),
+    }
+    let meta = fs::symlink_metadata(path)?;
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; not removing it",
+                path.display()
+            ),
+        ));
+    }
+    if meta.uid() != getuid().as_raw() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {}; not removing it",
+                path.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    match connect_with_timeout(path, timeout) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{} is already in use by a live server (stop it, or pick another --name)",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            fs::remove_file(path)?;
+            UnixListener::bind(path).map_err(|e| with_path(e, "cannot bind", path))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Connect without ever blocking longer than `timeout`: a blocking
+/// `connect` to a server whose backlog is full (a frozen server) would wait
+/// indefinitely, so connect non-blocking and retry with a bounded back-off.
+pub(crate) fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    let addr = UnixAddr::new(path).map_err(|e| with_path(e.into(), "bad socket path", path))?;
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => break,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(Errno::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the server at {} accepts no connections (backlog full: is it frozen?)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(Errno::ENOENT) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "no server at {}: the socket file does not exist (start one with `ipclab serve unix`)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(Errno::ECONNREFUSED) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "no server listens on {} (a stale socket file; start one with `ipclab serve unix`)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(with_path(e.into(), "cannot connect to", path)),
+        }
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
