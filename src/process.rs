@@ -45,8 +45,8 @@ pub struct ServerProcess {
     local_addr: Option<SocketAddr>,
 }
 
-/// Command-line flags that give a `serve` or `client` process `cfg`.
-pub fn config_args(cfg: &Config) -> Vec<String> {
+/// Command-line flags that give a `client` process `cfg`.
+pub fn client_args(cfg: &Config) -> Vec<String> {
     vec![
         "--dir".into(),
         cfg.dir.display().to_string(),
@@ -58,11 +58,19 @@ pub fn config_args(cfg: &Config) -> Vec<String> {
         cfg.timeout.as_secs_f64().to_string(),
         "--max-frame".into(),
         cfg.max_frame.to_string(),
+    ]
+}
+
+/// Command-line flags that give a `serve` process `cfg`.
+pub fn serve_args(cfg: &Config) -> Vec<String> {
+    let mut args = client_args(cfg);
+    args.extend([
         "--idle-timeout".into(),
         cfg.idle_timeout.as_secs_f64().to_string(),
         "--max-clients".into(),
         cfg.max_clients.to_string(),
-    ]
+    ]);
+    args
 }
 
 impl ServerProcess {
@@ -78,7 +86,7 @@ impl ServerProcess {
         let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .arg(transport.name())
-            .args(config_args(cfg))
+            .args(serve_args(cfg))
             .arg("--ready-fd")
             .arg(READY_FD.to_string())
             .args(extra)

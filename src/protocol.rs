@@ -313,10 +313,12 @@ mod tests {
 
     #[test]
     fn text_commands() {
-        let req = |s: &[u8]| match scan(s, 0, 100) {
-            Scan::Complete(m, _) => parse_request(&m),
-            other => panic!("{other:?}"),
-        };
+        fn req(s: &[u8]) -> Result<Request<'_>, BadRequest> {
+            match scan(s, 0, 100) {
+                Scan::Complete(m, _) => parse_request(&m),
+                other => panic!("{other:?}"),
+            }
+        }
         assert_eq!(req(b"ping\n"), Ok(Request::Ping));
         assert_eq!(req(b"PING\r\n"), Ok(Request::Ping));
         assert_eq!(

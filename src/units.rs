@@ -38,7 +38,7 @@ pub fn fmt_size(n: usize) -> String {
     const UNITS: [(usize, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (m, u) in UNITS {
         if n >= m {
-            return if n % m == 0 {
+            return if n.is_multiple_of(m) {
                 format!("{} {u}", n / m)
             } else {
                 format!("{:.1} {u}", n as f64 / m as f64)

@@ -1,0 +1,112 @@
+//! Shared test support: a private environment per test, real server
+//! processes, and a watchdog that turns a deadlock into a failure.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ipclab::client::Client;
+use ipclab::process::ServerProcess;
+use ipclab::protocol::Form;
+use ipclab::transport::{self, Config, Transport};
+
+/// The `ipclab` binary under test.
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ipclab"))
+}
+
+/// Run `f` on its own thread; fail the test if it takes longer than `limit`.
+/// A panic inside `f` fails the test with that panic.
+pub fn watchdog<F: FnOnce() + Send + 'static>(limit: Duration, f: F) {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => handle.join().unwrap(),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!(
+                "watchdog: the test did not finish within {limit:?} (a deadlock or a missing timeout)"
+            )
+        }
+    }
+}
+
+/// A test's own runtime directory, instance name and ephemeral TCP port, so
+/// tests run in parallel without meeting each other.
+pub struct Env {
+    pub transport: &'static dyn Transport,
+    pub cfg: Config,
+    dir: tempfile::TempDir,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl Env {
+    pub fn new(transport: &str) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("ipclab-t")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let cfg = Config {
+            dir: dir.path().to_path_buf(),
+            name: format!("t{}", NEXT.fetch_add(1, Ordering::SeqCst)),
+            addr: "127.0.0.1:0".into(),
+            timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            ..Config::default()
+        };
+        Env {
+            transport: transport::by_name(transport).expect("known transport"),
+            cfg,
+            dir,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Start a real server process for this environment.
+    pub fn server(&self) -> ServerProcess {
+        ServerProcess::spawn(&exe(), self.transport, &self.cfg, &["--quiet"])
+            .expect("server starts")
+    }
+
+    /// A client of `server`, speaking `form`.
+    pub fn client(&self, server: &ServerProcess, form: Form) -> Client {
+        Client::connect(self.transport, &server.client_config(&self.cfg), form)
+            .expect("client connects")
+    }
+
+    /// Whatever is left in the runtime directory.
+    pub fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+/// A payload of `len` bytes that contains NUL, `\n`, `\r` and 0xFF and
+/// differs with `seed`.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    const SPECIAL: [u8; 4] = [0, b'\n', 0xff, b'\r'];
+    (0..len)
+        .map(|i| {
+            if i % 5 == 0 {
+                SPECIAL[(i / 5) % 4]
+            } else {
+                (i as u64).wrapping_mul(2654435761).wrapping_add(seed) as u8
+            }
+        })
+        .collect()
+}

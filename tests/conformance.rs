@@ -1,0 +1,342 @@
+//! The conformance suite: every case written once, generic over the
+//! transport, and instantiated for each transport by one line at the bottom.
+//! Every case runs against a real `ipclab serve` process, under a watchdog.
+//!
+//! Run it for one transport: `cargo test --test conformance unix::`
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Env, exe, payload, watchdog};
+use ipclab::conn::FramedConn;
+use ipclab::process::client_args;
+use ipclab::protocol::{self, Form, Reply, Request, kind, parse_reply};
+use nix::sys::signal::{Signal, kill};
+
+/// How long one case may take before the watchdog fails it.
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn run(transport: &'static str, case: fn(Env)) {
+    watchdog(LIMIT, move || case(Env::new(transport)));
+}
+
+pub fn ping(env: Env) {
+    let server = env.server();
+    env.client(&server, Form::Binary).ping().unwrap();
+    env.client(&server, Form::Text).ping().unwrap();
+}
+
+pub fn text_form(env: Env) {
+    let server = env.server();
+    let mut c = env.client(&server, Form::Text);
+    c.ping().unwrap();
+    assert_eq!(c.echo(b"hello world").unwrap(), b"hello world");
+    assert_eq!(c.echo(b"").unwrap(), b"");
+    assert_eq!(c.send_line(b"echo with CR\r").unwrap().unwrap(), b"with CR");
+    c.quit().unwrap();
+}
+
+pub fn echo_sizes(env: Env) {
+    let server = env.server();
+    let mut c = env.client(&server, Form::Binary);
+    for (i, size) in [0, 1, 7, 8, 9, 4095, 4096, 4097, 64 << 10, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let p = payload(size, i as u64);
+        let echo = c.echo(&p).unwrap();
+        assert_eq!(echo.len(), size, "echo of {size} bytes: wrong length");
+        assert!(
+            echo == p.as_slice(),
+            "echo of {size} bytes: content differs"
+        );
+    }
+}
+
+pub fn sequential_round_trips(env: Env) {
+    let server = env.server();
+    let mut c = env.client(&server, Form::Binary);
+    let mut p = Vec::new();
+    for i in 0..10_000u64 {
+        p.clear();
+        p.extend_from_slice(&i.to_le_bytes());
+        p.extend(payload((i % 57) as usize, i));
+        assert_eq!(c.echo(&p).unwrap(), p.as_slice(), "round trip {i}");
+    }
+}
+
+/// A raw framed connection, to send what the client API refuses to.
+fn raw(
+    env: &Env,
+    server: &ipclab::process::ServerProcess,
+) -> FramedConn<Box<dyn ipclab::transport::Link>> {
+    let link = env
+        .transport
+        .connect(&server.client_config(&env.cfg))
+        .unwrap();
+    FramedConn::new(link, env.cfg.max_frame)
+}
+
+fn error_reply(conn: &mut FramedConn<Box<dyn ipclab::transport::Link>>) -> String {
+    let msg = conn.recv().unwrap().expect("a reply");
+    match parse_reply(&msg, &Request::Ping).unwrap() {
+        Reply::Error(e) => String::from_utf8_lossy(e).into_owned(),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+pub fn unknown_command_continues(env: Env) {
+    let server = env.server();
+    let mut conn = raw(&env, &server);
+    conn.link_mut()
+        .write_all(&protocol::header(0x7e, 3))
+        .unwrap();
+    conn.link_mut().write_all(b"abc").unwrap();
+    assert!(error_reply(&mut conn).contains("unknown frame kind"));
+    conn.link_mut().write_all(b"frobnicate\n").unwrap();
+    assert!(error_reply(&mut conn).contains("unknown command"));
+    conn.link_mut()
+        .write_all(&protocol::header(kind::PING, 1))
+        .unwrap();
+    conn.link_mut().write_all(b"x").unwrap();
+    assert!(error_reply(&mut conn).contains("no payload"));
+    conn.send_request(Form::Binary, &Request::Echo(b"still here"))
+        .unwrap();
+    let msg = conn.recv().unwrap().unwrap();
+    assert_eq!(
+        parse_reply(&msg, &Request::Echo(b"")).unwrap(),
+        Reply::Data(b"still here")
+    );
+}
+
+pub fn oversized_frame(env: Env) {
+    let server = env.server();
+    for announced in [env.cfg.max_frame as u64 + 1, u32::MAX as u64] {
+        let mut conn = raw(&env, &server);
+        let mut h = protocol::header(kind::ECHO, 0);
+        h[4..8].copy_from_slice(&(announced as u32).to_le_bytes());
+        conn.link_mut().write_all(&h).unwrap();
+        let e = error_reply(&mut conn);
+        assert!(e.contains("exceeds the limit"), "{e}");
+        // The session ends: the stream cannot be trusted after that header.
+        assert!(matches!(conn.recv(), Ok(None) | Err(_)));
+    }
+    let mut c = env.client(&server, Form::Binary);
+    c.ping().unwrap();
+    assert_eq!(c.echo(b"after").unwrap(), b"after");
+}
+
+pub fn quit_then_next_client(env: Env) {
+    let server = env.server();
+    let mut conn = raw(&env, &server);
+    conn.send_request(Form::Binary, &Request::Quit).unwrap();
+    let msg = conn.recv().unwrap().unwrap();
+    assert_eq!(parse_reply(&msg, &Request::Quit).unwrap(), Reply::Bye);
+    assert!(
+        matches!(conn.recv(), Ok(None) | Err(_)),
+        "the session ends after quit"
+    );
+    let mut next = env.client(&server, Form::Binary);
+    next.ping().unwrap();
+    next.quit().unwrap();
+}
+
+pub fn connect_without_server(env: Env) {
+    let mut cfg = env.cfg.clone();
+    cfg.timeout = Duration::from_secs(1);
+    cfg.addr = "127.0.0.1:1".into();
+    let start = Instant::now();
+    let err = env
+        .transport
+        .connect(&cfg)
+        .err()
+        .expect("no server: connect must fail");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(err.to_string().len() > 20, "a clear error, not '{err}'");
+}
+
+pub fn server_killed_mid_session(env: Env) {
+    let mut cfg = env.cfg.clone();
+    cfg.timeout = Duration::from_secs(2);
+    let mut server = env.server();
+    let mut c =
+        ipclab::client::Client::connect(env.transport, &server.client_config(&cfg), Form::Binary)
+            .unwrap();
+    c.ping().unwrap();
+    let pid = server.pid();
+    let done = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            let _ = kill(pid, Signal::SIGKILL);
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    // Large echoes until the server dies under us: the client must see an
+    // error within its timeout, never hang.
+    let big = payload(1 << 20, 1);
+    let err = loop {
+        let start = Instant::now();
+        match c.echo(&big) {
+            Ok(e) => assert_eq!(e.len(), big.len()),
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(4),
+                    "error took {:?}",
+                    start.elapsed()
+                );
+                break e;
+            }
+        }
+    };
+    assert!(done.load(Ordering::SeqCst), "failed before the kill: {err}");
+    killer.join().unwrap();
+    server.kill().ok();
+    assert!(c.ping().is_err());
+}
+
+pub fn client_killed_mid_message(env: Env) {
+    let server = env.server();
+    let status = Command::new(exe())
+        .arg("client")
+        .arg(env.transport.name())
+        .args(client_args(&server.client_config(&env.cfg)))
+        .args(["--fill", "1M", "--die-mid-message"])
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the client should die by SIGKILL: {status}"
+    );
+    let mut c = env.client(&server, Form::Binary);
+    let p = payload(100_000, 9);
+    assert_eq!(c.echo(&p).unwrap(), p.as_slice());
+}
+
+pub fn concurrent_clients(env: Env) {
+    let server = env.server();
+    if !env.transport.capabilities().multi_client {
+        // One client at a time: a second one gets a clear "busy" error.
+        let mut first = env.client(&server, Form::Binary);
+        first.ping().unwrap();
+        let second = ipclab::client::Client::connect(
+            env.transport,
+            &server.client_config(&env.cfg),
+            Form::Binary,
+        )
+        .and_then(|mut c| c.ping());
+        let e = second.expect_err("a second client must be refused");
+        assert!(e.to_string().contains("busy"), "{e}");
+        first.ping().unwrap();
+        return;
+    }
+    let ccfg = server.client_config(&env.cfg);
+    let transport = env.transport;
+    let threads: Vec<_> = (0..16u64)
+        .map(|id| {
+            let ccfg = ccfg.clone();
+            std::thread::spawn(move || {
+                let mut c =
+                    ipclab::client::Client::connect(transport, &ccfg, Form::Binary).unwrap();
+                let mut p = Vec::new();
+                for i in 0..1000u64 {
+                    p.clear();
+                    p.extend_from_slice(&id.to_le_bytes());
+                    p.extend_from_slice(&i.to_le_bytes());
+                    p.extend(payload(((id * 131 + i) % 300) as usize, id ^ i));
+                    let echo = c.echo(&p).unwrap();
+                    assert!(
+                        echo == p.as_slice(),
+                        "client {id} round trip {i}: crosstalk or corruption"
+                    );
+                }
+                c.quit().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn stops_clean(env: Env, sig: Signal) {
+    let mut server = env.server();
+    let mut c = env.client(&server, Form::Binary);
+    c.ping().unwrap();
+    // A client is still connected when the signal comes.
+    server.signal(sig).unwrap();
+    let status = server
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap()
+        .expect("the server exits promptly on the signal");
+    assert!(status.success(), "{sig}: exit status {status}");
+    assert_eq!(
+        env.leftovers(),
+        Vec::<String>::new(),
+        "objects left behind after {sig}"
+    );
+    let mut cfg = server.client_config(&env.cfg);
+    cfg.timeout = Duration::from_secs(1);
+    assert!(
+        env.transport.connect(&cfg).is_err(),
+        "still reachable after {sig}"
+    );
+}
+
+pub fn stops_clean_on_sigterm(env: Env) {
+    stops_clean(env, Signal::SIGTERM)
+}
+
+pub fn stops_clean_on_sigint(env: Env) {
+    stops_clean(env, Signal::SIGINT)
+}
+
+/// In-process: dropping the listener removes every object it created.
+pub fn listener_drop_removes_objects(env: Env) {
+    let listener = env.transport.listen(&env.cfg).unwrap();
+    drop(listener);
+    assert_eq!(env.leftovers(), Vec::<String>::new());
+}
+
+/// Instantiate the whole suite for one transport:
+/// `conformance!(tcp);` or, for a name that is not an identifier,
+/// `conformance!(unix_dgram => "unix-dgram");`.
+macro_rules! conformance {
+    ($t:ident) => {
+        conformance!($t => stringify!($t));
+    };
+    ($m:ident => $name:expr) => {
+        mod $m {
+            const T: &str = $name;
+            #[test] fn ping() { super::run(T, super::ping) }
+            #[test] fn text_form() { super::run(T, super::text_form) }
+            #[test] fn echo_sizes() { super::run(T, super::echo_sizes) }
+            #[test] fn sequential_round_trips() { super::run(T, super::sequential_round_trips) }
+            #[test] fn unknown_command_continues() { super::run(T, super::unknown_command_continues) }
+            #[test] fn oversized_frame() { super::run(T, super::oversized_frame) }
+            #[test] fn quit_then_next_client() { super::run(T, super::quit_then_next_client) }
+            #[test] fn connect_without_server() { super::run(T, super::connect_without_server) }
+            #[test] fn server_killed_mid_session() { super::run(T, super::server_killed_mid_session) }
+            #[test] fn client_killed_mid_message() { super::run(T, super::client_killed_mid_message) }
+            #[test] fn concurrent_clients() { super::run(T, super::concurrent_clients) }
+            #[test] fn stops_clean_on_sigterm() { super::run(T, super::stops_clean_on_sigterm) }
+            #[test] fn stops_clean_on_sigint() { super::run(T, super::stops_clean_on_sigint) }
+            #[test] fn listener_drop_removes_objects() { super::run(T, super::listener_drop_removes_objects) }
+        }
+    };
+}
+
+conformance!(unix);
+conformance!(tcp);
