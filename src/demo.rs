@@ -64,7 +64,7 @@ fn script(
         server.endpoint(),
         std::process::id()
     )?;
-    let mut c = Client::connect(t, &ccfg, Form::Text)?;
+    let mut c = Client::from_link(server.connect(t, &ccfg)?, ccfg.max_frame, Form::Text);
 
     let binary: Vec<u8> = [0u8, b'\n', 0xff, b'\r', 0x7f, b' ', 0x80, 0]
         .iter()
@@ -114,10 +114,13 @@ fn script(
 
     let status = server.stop()?;
     let left = leftovers(&cfg);
-    let gone = t.connect(&Config {
-        timeout: Duration::from_millis(200),
-        ..ccfg
-    });
+    let gone = server.connect(
+        t,
+        &Config {
+            timeout: Duration::from_millis(200),
+            ..ccfg
+        },
+    );
     write!(out, "   server stopped with SIGTERM: {status}; ")?;
     if !status.success() {
         return Err(io::Error::other(format!("the server exited with {status}")));

@@ -99,7 +99,7 @@ struct ServeArgs {
     /// Most clients served at once (multi-client transports)
     #[arg(long, default_value_t = 256)]
     max_clients: usize,
-    /// No line per client session on stderr
+    /// No status lines on stderr (errors are still reported)
     #[arg(long, short)]
     quiet: bool,
     /// Write "ready <addr> <endpoint>" to this inherited fd once listening
@@ -216,13 +216,15 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         .listen(&cfg)
         .with_context(|| format!("cannot start the {} server", t.name()))?;
     let endpoint = listener.endpoint();
-    println!(
-        "listening on {} {} (pid {}); Ctrl-C stops",
-        t.name(),
-        endpoint,
-        std::process::id()
-    );
-    io::stdout().flush()?;
+    // Status goes to stderr: a pipe server's stdout is its reply channel.
+    if !a.quiet {
+        eprintln!(
+            "listening on {} {} (pid {}); Ctrl-C stops",
+            t.name(),
+            endpoint,
+            std::process::id()
+        );
+    }
     if let Some(fd) = a.ready_fd {
         // SAFETY: the parent passed us this fd for this one purpose; we own it.
         let mut f = unsafe { File::from_raw_fd(fd) };

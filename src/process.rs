@@ -22,6 +22,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -29,7 +30,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::runtime;
-use crate::transport::{Config, Transport};
+use crate::transport::pipe::{self, FdLink};
+use crate::transport::{Config, Link, Transport};
 
 /// The fd number the readiness pipe gets in the server child.
 pub const READY_FD: i32 = 3;
@@ -43,6 +45,9 @@ pub struct ServerProcess {
     exited: Option<ExitStatus>,
     endpoint: String,
     local_addr: Option<SocketAddr>,
+    /// The parent's ends of an inherited channel, until a client takes them.
+    link: Mutex<Option<FdLink>>,
+    inherited: bool,
 }
 
 /// Command-line flags that give a `client` process `cfg`.
@@ -83,15 +88,25 @@ impl ServerProcess {
         extra: &[&str],
     ) -> io::Result<Self> {
         let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let inherited = transport.capabilities().inherited;
         let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .arg(transport.name())
             .args(serve_args(cfg))
             .arg("--ready-fd")
             .arg(READY_FD.to_string())
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .args(extra);
+        let link = if inherited {
+            // The channel itself: the child's stdin and stdout are pipes
+            // whose other ends stay here.
+            let (child_in, child_out, link) = pipe::make_pipes(cfg)?;
+            cmd.stdin(Stdio::from(child_in))
+                .stdout(Stdio::from(child_out));
+            Some(link)
+        } else {
+            cmd.stdin(Stdio::null()).stdout(Stdio::null());
+            None
+        };
         let w = ready_w.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe calls (dup2,
         // fcntl, prctl) are made, and no memory is allocated.
@@ -110,15 +125,22 @@ impl ServerProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
+        let spawned = cmd.spawn();
+        // Close our copies of the child's ends (the readiness write end, and
+        // for pipes the child's stdin/stdout ends, which `cmd` holds): only
+        // then do we see end of file when the child goes.
+        drop(cmd);
+        drop(ready_w);
+        let child = spawned.map_err(|e| {
             io::Error::new(e.kind(), format!("cannot start {}: {e}", exe.display()))
         })?;
-        drop(ready_w);
         let mut server = ServerProcess {
             child,
             exited: None,
             endpoint: String::new(),
             local_addr: None,
+            link: Mutex::new(link),
+            inherited,
         };
         let line = match read_ready_line(std::fs::File::from(ready_r)) {
             Ok(line) => line,
@@ -148,6 +170,39 @@ impl ServerProcess {
         server.local_addr = addr.parse().ok();
         server.endpoint = endpoint.to_string();
         Ok(server)
+    }
+
+    /// A link to this server: for most transports a new connection; for a
+    /// transport whose channel is inherited (pipes), the channel made at
+    /// spawn — once, since such a server has exactly one client.
+    pub fn connect(&self, transport: &dyn Transport, cfg: &Config) -> io::Result<Box<dyn Link>> {
+        if !self.inherited {
+            return transport.connect(&self.client_config(cfg));
+        }
+        match self.link.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(link) => Ok(Box::new(link)),
+            None => Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "busy: a {} server has exactly one client, the process that started it",
+                    transport.name()
+                ),
+            )),
+        }
+    }
+
+    /// For an inherited channel: a link that owns this server process, which
+    /// ends when the link is dropped.
+    pub fn into_link(self) -> io::Result<Box<dyn Link>> {
+        let link = self
+            .link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| {
+                io::Error::other("this server's channel is not inherited, or already taken")
+            })?;
+        Ok(Box::new(pipe::PipeClientLink::new(link, self)))
     }
 
     /// The server's process id.

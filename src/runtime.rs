@@ -13,7 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::getuid;
@@ -127,14 +127,27 @@ pub fn stop_flag() -> io::Result<Arc<AtomicBool>> {
 /// Wait at most `wait` for `fd` to become readable (or hung up).
 /// `Ok(false)` means the time ran out.
 pub fn wait_readable<F: AsFd>(fd: &F, wait: Duration) -> io::Result<bool> {
-    let ms = wait.as_millis().min(i32::MAX as u128) as i32;
-    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, timeout) {
-        Ok(0) => Ok(false),
-        Ok(_) => Ok(true),
-        Err(nix::errno::Errno::EINTR) => Ok(false),
-        Err(e) => Err(e.into()),
+    wait_fd(fd, PollFlags::POLLIN, wait)
+}
+
+/// Wait at most `wait` for `events` on `fd` (a hang-up or error counts as
+/// ready: the next read or write reports it). `Ok(false)` means the time ran
+/// out. A signal interrupting the wait does not shorten or lengthen it.
+pub fn wait_fd<F: AsFd>(fd: &F, events: PollFlags, wait: Duration) -> io::Result<bool> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Round up, so a sub-millisecond remainder still waits.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), events)];
+        match poll(&mut fds, timeout) {
+            Ok(0) if Instant::now() >= deadline => return Ok(false),
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

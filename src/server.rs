@@ -98,6 +98,9 @@ pub fn run(
     };
     let mut next_id = 0u64;
     while !stop.load(Ordering::SeqCst) {
+        if listener.exhausted() && active.load(Ordering::SeqCst) == 0 {
+            break;
+        }
         let link = match listener.accept(TICK) {
             Ok(Some(link)) => link,
             Ok(None) => continue,

@@ -51,6 +51,7 @@ use std::time::Duration;
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::runtime;
 
+pub mod pipe;
 pub mod tcp;
 pub mod unix;
 
@@ -74,6 +75,12 @@ pub trait Listener: Send {
 
     /// Wait at most `wait` for the next client session.
     fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>>;
+
+    /// True once no client can ever come again (a pipe server has exactly
+    /// one client, its parent); the server then exits when its sessions end.
+    fn exhausted(&self) -> bool {
+        false
+    }
 }
 
 /// Message boundaries as the mechanism itself keeps them.
@@ -97,6 +104,10 @@ pub struct Capabilities {
     pub max_message: Option<usize>,
     /// Works between two machines.
     pub crosses_machines: bool,
+    /// The channel exists only between related processes: it is created by
+    /// the client and inherited by the server when the client starts it
+    /// (anonymous pipes). Such a server has exactly one client, its parent.
+    pub inherited: bool,
 }
 
 /// Settings shared by the serving and the connecting side.
@@ -117,6 +128,8 @@ pub struct Config {
     pub max_frame: usize,
     /// Most client sessions a multi-client server serves at once.
     pub max_clients: usize,
+    /// The `ipclab` binary to start servers with (default: this program).
+    pub exe: Option<PathBuf>,
 }
 
 /// Default TCP address.
@@ -132,6 +145,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             max_frame: DEFAULT_MAX_FRAME,
             max_clients: 256,
+            exe: None,
         }
     }
 }
@@ -140,6 +154,14 @@ impl Config {
     /// A path for a filesystem object of this instance: `<dir>/<name><suffix>`.
     pub fn object_path(&self, suffix: &str) -> PathBuf {
         self.dir.join(format!("{}{}", self.name, suffix))
+    }
+
+    /// The `ipclab` binary to start a server process with.
+    pub fn server_exe(&self) -> io::Result<PathBuf> {
+        match &self.exe {
+            Some(e) => Ok(e.clone()),
+            None => std::env::current_exe(),
+        }
     }
 }
 
@@ -168,7 +190,7 @@ impl fmt::Debug for dyn Transport {
 /// Every transport ipclab has, in the order `list`, `demo all` and `bench`
 /// show them. A new transport is added here.
 pub fn all() -> &'static [&'static dyn Transport] {
-    &[&unix::Unix, &tcp::Tcp]
+    &[&pipe::Pipe, &unix::Unix, &tcp::Tcp]
 }
 
 /// Look a transport up by name, with an error listing the known ones.

@@ -72,6 +72,7 @@ impl Transport for Tcp {
             boundaries: Boundaries::Stream,
             max_message: None,
             crosses_machines: true,
+            inherited: false,
         }
     }
 

@@ -78,6 +78,7 @@ impl Transport for Unix {
             boundaries: Boundaries::Stream,
             max_message: None,
             crosses_machines: false,
+            inherited: false,
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipclab::client::Client;
 use ipclab::process::ServerProcess;
 use ipclab::protocol::Form;
-use ipclab::transport::{self, Config, Transport};
+use ipclab::transport::{self, Config, Link, Transport};
 
 /// The `ipclab` binary under test.
 pub fn exe() -> PathBuf {
@@ -62,6 +62,7 @@ impl Env {
             addr: "127.0.0.1:0".into(),
             timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            exe: Some(exe()),
             ..Config::default()
         };
         Env {
@@ -83,7 +84,13 @@ impl Env {
 
     /// A client of `server`, speaking `form`.
     pub fn client(&self, server: &ServerProcess, form: Form) -> Client {
-        Client::connect(self.transport, &server.client_config(&self.cfg), form)
+        Client::from_link(self.link(server), self.cfg.max_frame, form)
+    }
+
+    /// A raw link to `server` (for inherited channels: the one made at spawn).
+    pub fn link(&self, server: &ServerProcess) -> Box<dyn Link> {
+        server
+            .connect(self.transport, &self.cfg)
             .expect("client connects")
     }
 

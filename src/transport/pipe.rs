@@ -1,0 +1,316 @@
+//! `pipe` — two anonymous pipes between a parent and its child.
+//!
+//! # What it is
+//! `pipe(2)` gives two file descriptors: whatever is written to one end can
+//! be read from the other, in order, through a buffer in the kernel (64 KiB
+//! by default). A pipe has no name: the only way to share one is to
+//! *inherit* it, which is why pipes work only between related processes —
+//! here, the client and the server child it starts. It is the mechanism
+//! behind every `|` in a shell.
+//!
+//! A pipe is one-way, so a conversation needs two:
+//!
+//! ```text
+//!        client (parent)                          server (child: ipclab serve pipe)
+//!   req_w ─── request pipe ──────────────────────▶ fd 0 (stdin)
+//!   rep_r ◀── reply pipe ───────────────────────── fd 1 (stdout)
+//! ```
+//!
+//! The server speaks the protocol on its stdin and stdout, so
+//! `ipclab serve pipe` *is* a pipe server whenever its parent wires pipes to
+//! it — and a person can also type into it in a terminal. `ipclab client
+//! pipe` and `ipclab demo pipe` start their own server child; a server
+//! started by hand has no client but you.
+//!
+//! # How data and synchronisation flow
+//! The parent creates both pipes (`pipe2(2)` with `O_CLOEXEC`), starts the
+//! child with the read end of one as its stdin and the write end of the
+//! other as its stdout (`dup2(2)` in the child, then `execve(2)`), and then
+//! **closes its copies of the child's ends**. A `read` on a pipe sees end of
+//! file only when *every* write end is closed: if the parent kept the
+//! request pipe's read end or, worse, the reply pipe's write end open, it
+//! would never see end of file when the child dies — it would wait for a
+//! reply that its own forgotten descriptor could in theory still send. The
+//! same reasoning makes the server see end of file when the client goes.
+//!
+//! `write` copies into the pipe buffer and wakes a reader blocked in `read`
+//! (here: in `poll`, which bounds the wait); a writer whose buffer is full
+//! waits until the reader drains it. A round trip is two writes, two reads
+//! and two polls, with four copies.
+//!
+//! **Large messages and deadlock.** A 1 MiB echo is 16 times the pipe
+//! buffer. A naive server that echoes bytes as they arrive would start
+//! writing the reply while the client is still blocked writing the request:
+//! the reply pipe fills (the client is not reading yet), the server blocks,
+//! stops reading, the request pipe fills, and both wait forever. ipclab's
+//! server reads a whole message before it replies (the framing in
+//! [`crate::conn`] collects the frame first), and the client writes the
+//! whole request before it reads: each pipe only ever has one side waiting
+//! on it, so there is no cycle.
+//!
+//! # Limits
+//! * Buffer: 64 KiB by default (`F_GETPIPE_SZ`), at most
+//!   `/proc/sys/fs/pipe-max-size` (1 MiB) per pipe via `F_SETPIPE_SZ`.
+//! * `PIPE_BUF` (4096 bytes on Linux): writes up to this size are atomic,
+//!   which matters only with several writers (see the FIFO transport).
+//! * One client: the parent that made the pipes. When it closes its ends
+//!   (or `quit`s), the server exits.
+//!
+//! # Timeouts
+//! A pipe has no `SO_RCVTIMEO`: every read first waits in `poll(2)` for at
+//! most the timeout, and the write ends are non-blocking, so a full pipe
+//! makes `write` return `EAGAIN` and the wait for space is a bounded
+//! `poll(2)` too. (The server's stdout is made non-blocking only if it is a
+//! pipe: never a terminal it shares with a shell.)
+//!
+//! # System calls
+//! `pipe2(2)`, `fork(2)`/`execve(2)` (via `std::process::Command`), `dup2(2)`,
+//! `close(2)`, `poll(2)`, `read(2)`, `write(2)`/`writev(2)`, `fcntl(2)`
+//! (`O_NONBLOCK`); see `pipe(7)`.
+
+use std::fs::File;
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::time::Duration;
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::PollFlags;
+
+use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use crate::process::ServerProcess;
+use crate::runtime;
+
+/// The anonymous pipe transport.
+pub struct Pipe;
+
+impl Transport for Pipe {
+    fn name(&self) -> &'static str {
+        "pipe"
+    }
+    fn description(&self) -> &'static str {
+        "two anonymous pipes to a server child it starts (stdin/stdout)"
+    }
+    fn kernel_objects(&self) -> &'static str {
+        "two pipes (pipe:[inode]), inherited by the server child as its stdin and stdout"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            multi_client: false,
+            boundaries: Boundaries::Stream,
+            max_message: None,
+            crosses_machines: false,
+            inherited: true,
+        }
+    }
+
+    /// The serving side adopts this process's stdin and stdout.
+    fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
+        let stdin = io::stdin().as_fd().try_clone_to_owned()?;
+        let stdout = io::stdout().as_fd().try_clone_to_owned()?;
+        let endpoint = format!(
+            "stdin {} / stdout {}",
+            describe_fd(&stdin),
+            describe_fd(&stdout)
+        );
+        let interactive = nix::unistd::isatty(io::stdin().as_fd()).unwrap_or(false);
+        if interactive {
+            eprintln!(
+                "ipclab: a pipe exists only between related processes: `ipclab client pipe` and \
+                 `ipclab demo pipe` start their own server child. Here the pipe server reads \
+                 your terminal: type ping, echo hello, quit."
+            );
+        } else {
+            // Nothing else may write into the reply pipe: point fd 0 and 1
+            // at /dev/null; the protocol uses the copies taken above.
+            let null = File::options().read(true).write(true).open("/dev/null")?;
+            nix::unistd::dup2_stdin(&null)?;
+            nix::unistd::dup2_stdout(&null)?;
+        }
+        let link = FdLink::new(stdin, stdout, cfg.idle_timeout, cfg.timeout)?;
+        Ok(Box::new(PipeServer {
+            link: Some(link),
+            endpoint,
+        }))
+    }
+
+    /// Start a server child wired to two new pipes.
+    fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>> {
+        let server = ServerProcess::spawn(&cfg.server_exe()?, self, cfg, &["--quiet"])?;
+        server.into_link()
+    }
+}
+
+struct PipeServer {
+    link: Option<FdLink>,
+    endpoint: String,
+}
+
+impl Listener for PipeServer {
+    fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>> {
+        match self.link.take() {
+            Some(link) => Ok(Some(Box::new(link))),
+            None => {
+                std::thread::sleep(wait);
+                Ok(None)
+            }
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.link.is_none()
+    }
+}
+
+/// `pipe:[12345]`, `a terminal`, `/dev/null` — what an fd is, for people.
+fn describe_fd(fd: &OwnedFd) -> String {
+    match File::from(fd.try_clone().expect("dup")).metadata() {
+        Ok(m) if m.file_type().is_fifo() => format!("pipe:[{}]", m.ino()),
+        Ok(m) if m.file_type().is_char_device() => "a terminal".into(),
+        Ok(m) => format!("inode {}", m.ino()),
+        Err(_) => "?".into(),
+    }
+}
+
+/// A link over two file descriptors (pipes or FIFOs) with bounded waits:
+/// reads wait in `poll(2)`; the write end is made non-blocking when it is a
+/// pipe or FIFO, and a full pipe is waited out in `poll(2)` too.
+pub struct FdLink {
+    rx: File,
+    tx: File,
+    read_timeout: Duration,
+    write_timeout: Duration,
+}
+
+impl FdLink {
+    /// Read from `rx`, write to `tx`.
+    pub fn new(
+        rx: OwnedFd,
+        tx: OwnedFd,
+        read_timeout: Duration,
+        write_timeout: Duration,
+    ) -> io::Result<Self> {
+        let tx = File::from(tx);
+        if tx.metadata()?.file_type().is_fifo() {
+            let flags = OFlag::from_bits_truncate(fcntl(&tx, FcntlArg::F_GETFL)?);
+            fcntl(&tx, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        }
+        Ok(FdLink {
+            rx: File::from(rx),
+            tx,
+            read_timeout,
+            write_timeout,
+        })
+    }
+
+    fn wait_writable(&self) -> io::Result<()> {
+        if runtime::wait_fd(&self.tx, PollFlags::POLLOUT, self.write_timeout)? {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the pipe stayed full for {:?}: the peer is not reading",
+                    self.write_timeout
+                ),
+            ))
+        }
+    }
+}
+
+impl Read for FdLink {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !runtime::wait_fd(&self.rx, PollFlags::POLLIN, self.read_timeout)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("nothing arrived for {:?}", self.read_timeout),
+            ));
+        }
+        self.rx.read(buf)
+    }
+}
+
+impl Write for FdLink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.tx.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable()?,
+                other => return other,
+            }
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        loop {
+            match self.tx.write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable()?,
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The client's side of a pipe server: the two pipe ends, and the server
+/// child, which is told to go (its stdin reaches end of file) and reaped
+/// when the link is dropped.
+pub struct PipeClientLink {
+    link: Option<FdLink>,
+    server: ServerProcess,
+}
+
+impl PipeClientLink {
+    pub(crate) fn new(link: FdLink, server: ServerProcess) -> Self {
+        PipeClientLink {
+            link: Some(link),
+            server,
+        }
+    }
+
+    fn link(&mut self) -> &mut FdLink {
+        self.link.as_mut().expect("present until drop")
+    }
+}
+
+impl Read for PipeClientLink {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.link().read(buf)
+    }
+}
+
+impl Write for PipeClientLink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.link().write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.link().write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for PipeClientLink {
+    fn drop(&mut self) {
+        // Closing our ends is the server's signal to go: its read sees end of
+        // file. Give it a moment, then ServerProcess's drop stops it for sure.
+        drop(self.link.take());
+        let _ = self.server.wait_timeout(Duration::from_secs(1));
+    }
+}
+
+/// Make both pipe ends for a server child: returns (child stdin, child
+/// stdout, the parent's link).
+pub(crate) fn make_pipes(cfg: &Config) -> io::Result<(OwnedFd, OwnedFd, FdLink)> {
+    let (req_r, req_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (rep_r, rep_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let link = FdLink::new(rep_r, req_w, cfg.timeout, cfg.timeout)?;
+    Ok((req_r, rep_w, link))
+}
