@@ -8,14 +8,16 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::stat::Mode;
 use nix::unistd::getuid;
 
 /// The default runtime directory.
@@ -70,27 +72,38 @@ pub fn prepare_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// A filesystem object this process created; dropping it removes it — but
-/// only if the path still names the very object we made (same device,
-/// inode and change time — an inode number alone can be reused), so we never
-/// unlink a file someone put there after us.
+/// only if the path still names the very object we made, so we never unlink
+/// a file someone put there after us. We hold an `O_PATH` descriptor on the
+/// object: while it is open the inode cannot be freed and its number reused,
+/// so (device, inode) identifies it exactly (timestamps would not: every
+/// write to a FIFO changes them).
 #[derive(Debug)]
 pub struct CreatedPath {
     path: PathBuf,
-    id: (u64, u64, i64, i64),
-}
-
-fn identity(meta: &fs::Metadata) -> (u64, u64, i64, i64) {
-    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+    _pin: OwnedFd,
+    id: (u64, u64),
 }
 
 impl CreatedPath {
     /// Record the object now at `path` as ours, and make it owner-only.
     pub fn adopt(path: PathBuf) -> io::Result<Self> {
+        let pin = nix::fcntl::open(
+            &path,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let meta = fs::File::from(pin.try_clone()?).metadata()?;
+        if meta.file_type().is_symlink() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} is a symbolic link; refusing it", path.display()),
+            ));
+        }
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-        let meta = fs::symlink_metadata(&path)?;
         Ok(CreatedPath {
             path,
-            id: identity(&meta),
+            _pin: pin,
+            id: (meta.dev(), meta.ino()),
         })
     }
 
@@ -102,7 +115,7 @@ impl CreatedPath {
 impl Drop for CreatedPath {
     fn drop(&mut self) {
         if let Ok(meta) = fs::symlink_metadata(&self.path)
-            && identity(&meta) == self.id
+            && (meta.dev(), meta.ino()) == self.id
         {
             let _ = fs::remove_file(&self.path);
         }

@@ -166,6 +166,33 @@ fn stale_socket_is_replaced_and_live_server_is_not_stolen() {
 }
 
 #[test]
+fn stale_fifo_is_replaced_and_live_server_is_not_stolen() {
+    watchdog(LIMIT, || {
+        let env = Env::new("fifo");
+        let path = env.cfg.object_path(".fifo");
+        // A request FIFO whose server was SIGKILLed: nobody reads it.
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let server = env.server();
+        env.client(&server, ipclab::protocol::Form::Text)
+            .ping()
+            .unwrap();
+
+        let mut args = vec!["serve".to_string(), "fifo".into()];
+        args.extend(ipclab::process::serve_args(&env.cfg));
+        let out = Command::new(exe()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("already in use by a live server"),
+            "{}",
+            text(&out.stderr)
+        );
+        env.client(&server, ipclab::protocol::Form::Text)
+            .ping()
+            .unwrap();
+    });
+}
+
+#[test]
 fn a_foreign_file_is_never_removed() {
     watchdog(LIMIT, || {
         let env = Env::new("unix");

@@ -230,6 +230,7 @@ pub fn server_killed_mid_session(env: Env) {
 
 pub fn client_killed_mid_message(env: Env) {
     let server = env.server();
+    let before = env.leftovers();
     let status = Command::new(exe())
         .arg("client")
         .arg(env.transport.name())
@@ -246,6 +247,32 @@ pub fn client_killed_mid_message(env: Env) {
     let mut c = env.client(&server, Form::Binary);
     let p = payload(100_000, 9);
     assert_eq!(c.echo(&p).unwrap(), p.as_slice());
+    drop(c);
+    // Whatever the dead client left in the runtime directory is cleared by
+    // the server within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.leftovers() != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        env.leftovers(),
+        before,
+        "the killed client's objects stayed"
+    );
+}
+
+pub fn objects_are_owner_only(env: Env) {
+    use std::os::unix::fs::PermissionsExt;
+    let server = env.server();
+    let mut c = env.client(&server, Form::Binary);
+    c.ping().unwrap();
+    let dir_mode = std::fs::metadata(env.dir()).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o077, 0, "runtime directory mode {dir_mode:o}");
+    for name in env.leftovers() {
+        let meta = std::fs::symlink_metadata(env.dir().join(&name)).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+    }
 }
 
 pub fn concurrent_clients(env: Env) {
@@ -275,7 +302,13 @@ pub fn concurrent_clients(env: Env) {
                     p.clear();
                     p.extend_from_slice(&id.to_le_bytes());
                     p.extend_from_slice(&i.to_le_bytes());
-                    p.extend(payload(((id * 131 + i) % 300) as usize, id ^ i));
+                    // Mostly small, sometimes several FIFO packets long.
+                    let len = if i % 50 == 7 {
+                        20_000
+                    } else {
+                        ((id * 131 + i) % 300) as usize
+                    };
+                    p.extend(payload(len, id ^ i));
                     let echo = c.echo(&p).unwrap();
                     assert!(
                         echo == p.as_slice(),
@@ -302,6 +335,10 @@ fn stops_clean(env: Env, sig: Signal) {
         .unwrap()
         .expect("the server exits promptly on the signal");
     assert!(status.success(), "{sig}: exit status {status}");
+    // The client sees the server gone, then removes its own objects (a FIFO
+    // client's reply FIFO) as it goes.
+    assert!(c.ping().is_err(), "a request after {sig} must fail");
+    drop(c);
     assert_eq!(
         env.leftovers(),
         Vec::<String>::new(),
@@ -362,10 +399,12 @@ macro_rules! conformance {
             #[test] fn stops_clean_on_sigterm() { super::run(T, super::stops_clean_on_sigterm) }
             #[test] fn stops_clean_on_sigint() { super::run(T, super::stops_clean_on_sigint) }
             #[test] fn listener_drop_removes_objects() { super::run(T, super::listener_drop_removes_objects) }
+            #[test] fn objects_are_owner_only() { super::run(T, super::objects_are_owner_only) }
         }
     };
 }
 
 conformance!(pipe);
+conformance!(fifo);
 conformance!(unix);
 conformance!(tcp);

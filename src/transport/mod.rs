@@ -51,6 +51,7 @@ use std::time::Duration;
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::runtime;
 
+pub mod fifo;
 pub mod pipe;
 pub mod tcp;
 pub mod unix;
@@ -190,7 +191,7 @@ impl fmt::Debug for dyn Transport {
 /// Every transport ipclab has, in the order `list`, `demo all` and `bench`
 /// show them. A new transport is added here.
 pub fn all() -> &'static [&'static dyn Transport] {
-    &[&pipe::Pipe, &unix::Unix, &tcp::Tcp]
+    &[&pipe::Pipe, &fifo::Fifo, &unix::Unix, &tcp::Tcp]
 }
 
 /// Look a transport up by name, with an error listing the known ones.

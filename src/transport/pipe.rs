@@ -196,8 +196,7 @@ impl FdLink {
     ) -> io::Result<Self> {
         let tx = File::from(tx);
         if tx.metadata()?.file_type().is_fifo() {
-            let flags = OFlag::from_bits_truncate(fcntl(&tx, FcntlArg::F_GETFL)?);
-            fcntl(&tx, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+            set_nonblocking(&tx)?;
         }
         Ok(FdLink {
             rx: File::from(rx),
@@ -206,55 +205,72 @@ impl FdLink {
             write_timeout,
         })
     }
-
-    fn wait_writable(&self) -> io::Result<()> {
-        if runtime::wait_fd(&self.tx, PollFlags::POLLOUT, self.write_timeout)? {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "the pipe stayed full for {:?}: the peer is not reading",
-                    self.write_timeout
-                ),
-            ))
-        }
-    }
 }
 
 impl Read for FdLink {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !runtime::wait_fd(&self.rx, PollFlags::POLLIN, self.read_timeout)? {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("nothing arrived for {:?}", self.read_timeout),
-            ));
-        }
-        self.rx.read(buf)
+        read_within(&mut self.rx, self.read_timeout, buf)
     }
 }
 
 impl Write for FdLink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            match self.tx.write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable()?,
-                other => return other,
-            }
-        }
+        write_within(&mut self.tx, self.write_timeout, |f| f.write(buf))
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        loop {
-            match self.tx.write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable()?,
-                other => return other,
-            }
-        }
+        write_within(&mut self.tx, self.write_timeout, |f| f.write_vectored(bufs))
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Set `O_NONBLOCK` on `f`.
+pub(crate) fn set_nonblocking(f: &impl AsFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(f, FcntlArg::F_GETFL)?);
+    fcntl(f, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// `read(2)` after waiting at most `timeout` in `poll(2)` for data (or a
+/// hang-up, which the read then reports as end of file).
+pub(crate) fn read_within(f: &mut File, timeout: Duration, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        if !runtime::wait_fd(f, PollFlags::POLLIN, timeout)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("nothing arrived for {timeout:?}"),
+            ));
+        }
+        match f.read(buf) {
+            // A non-blocking fd can still find nothing (another reader won).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Run a write on a non-blocking `f`; while it finds the pipe full
+/// (`EAGAIN`), wait at most `timeout` in `poll(2)` for room.
+pub(crate) fn write_within(
+    f: &mut File,
+    timeout: Duration,
+    mut op: impl FnMut(&mut File) -> io::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        match op(f) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !runtime::wait_fd(f, PollFlags::POLLOUT, timeout)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the pipe stayed full for {timeout:?}: the peer is not reading"),
+                    ));
+                }
+            }
+            other => return other,
+        }
     }
 }
 

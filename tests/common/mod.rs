@@ -56,6 +56,12 @@ impl Env {
             .prefix("ipclab-t")
             .tempdir_in("/tmp")
             .expect("temp dir");
+        // Like the real runtime directory: private.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         let cfg = Config {
             dir: dir.path().to_path_buf(),
             name: format!("t{}", NEXT.fetch_add(1, Ordering::SeqCst)),
