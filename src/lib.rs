@@ -8,9 +8,11 @@
 pub mod client;
 pub mod conn;
 pub mod demo;
+pub mod interrupt;
 pub mod process;
 pub mod protocol;
 pub mod runtime;
 pub mod server;
+pub mod sysv;
 pub mod transport;
 pub mod units;

@@ -226,6 +226,14 @@ pub fn server_killed_mid_session(env: Env) {
     killer.join().unwrap();
     server.kill().ok();
     assert!(c.ping().is_err());
+    drop(c);
+    // SIGKILL is the one death no program can clean up after: the next
+    // server on the same name must recognise what is left as stale, replace
+    // it, and leave nothing behind when it stops.
+    let mut next = env.server();
+    env.client(&next, Form::Binary).ping().unwrap();
+    assert!(next.stop().unwrap().success());
+    assert_eq!(env.leftovers(), Vec::<String>::new());
 }
 
 pub fn client_killed_mid_message(env: Env) {
@@ -406,5 +414,6 @@ macro_rules! conformance {
 
 conformance!(pipe);
 conformance!(fifo);
+conformance!(msgq);
 conformance!(unix);
 conformance!(tcp);

@@ -52,6 +52,7 @@ use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::runtime;
 
 pub mod fifo;
+pub mod msgq;
 pub mod pipe;
 pub mod tcp;
 pub mod unix;
@@ -191,7 +192,13 @@ impl fmt::Debug for dyn Transport {
 /// Every transport ipclab has, in the order `list`, `demo all` and `bench`
 /// show them. A new transport is added here.
 pub fn all() -> &'static [&'static dyn Transport] {
-    &[&pipe::Pipe, &fifo::Fifo, &unix::Unix, &tcp::Tcp]
+    &[
+        &pipe::Pipe,
+        &fifo::Fifo,
+        &msgq::Msgq,
+        &unix::Unix,
+        &tcp::Tcp,
+    ]
 }
 
 /// Look a transport up by name, with an error listing the known ones.
