@@ -113,7 +113,13 @@ fn script(
     drop(c);
 
     let status = server.stop()?;
-    let left = leftovers(&cfg);
+    let mut left = leftovers(&cfg);
+    left.extend(
+        t.external_objects(&cfg)
+            .into_iter()
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string()),
+    );
     let gone = server.connect(
         t,
         &Config {

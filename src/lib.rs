@@ -12,6 +12,7 @@ pub mod interrupt;
 pub mod process;
 pub mod protocol;
 pub mod runtime;
+pub mod sem;
 pub mod server;
 pub mod sysv;
 pub mod transport;

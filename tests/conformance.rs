@@ -153,6 +153,7 @@ pub fn quit_then_next_client(env: Env) {
         matches!(conn.recv(), Ok(None) | Err(_)),
         "the session ends after quit"
     );
+    drop(conn);
     if env.transport.capabilities().inherited {
         // Its one client has quit: the server exits, cleanly.
         let status = server
@@ -415,5 +416,6 @@ macro_rules! conformance {
 conformance!(pipe);
 conformance!(fifo);
 conformance!(msgq);
+conformance!(shm);
 conformance!(unix);
 conformance!(tcp);

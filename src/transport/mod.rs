@@ -54,6 +54,7 @@ use crate::runtime;
 pub mod fifo;
 pub mod msgq;
 pub mod pipe;
+pub mod shm;
 pub mod tcp;
 pub mod unix;
 
@@ -181,6 +182,13 @@ pub trait Transport: Sync {
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>>;
     /// Open the server's objects and return a link to it.
     fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>>;
+
+    /// Paths of the objects a server for `cfg` creates *outside* the
+    /// runtime directory (a `/dev/shm` entry …), so the demo and the tests
+    /// can check that they are gone after it stops.
+    fn external_objects(&self, _cfg: &Config) -> Vec<PathBuf> {
+        Vec::new()
+    }
 }
 
 impl fmt::Debug for dyn Transport {
@@ -196,6 +204,7 @@ pub fn all() -> &'static [&'static dyn Transport] {
         &pipe::Pipe,
         &fifo::Fifo,
         &msgq::Msgq,
+        &shm::Shm,
         &unix::Unix,
         &tcp::Tcp,
     ]

@@ -100,12 +100,22 @@ impl Env {
             .expect("client connects")
     }
 
-    /// Whatever is left in the runtime directory.
+    /// Whatever is left in the runtime directory, and the transport's
+    /// objects outside it that still exist.
     pub fn leftovers(&self) -> Vec<String> {
-        std::fs::read_dir(self.dir())
+        let mut left: Vec<String> = std::fs::read_dir(self.dir())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
+            .collect();
+        left.extend(
+            self.transport
+                .external_objects(&self.cfg)
+                .into_iter()
+                .filter(|p| p.exists())
+                .map(|p| p.display().to_string()),
+        );
+        left.sort();
+        left
     }
 }
 
