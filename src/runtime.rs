@@ -122,6 +122,88 @@ impl Drop for CreatedPath {
     }
 }
 
+/// Create `path` holding our pid, owner-only. A pid file whose process is
+/// gone is stale and replaced; one whose process lives means a live server
+/// (`AddrInUse`); anything that is not our regular file is left alone.
+pub fn create_pid_file(path: &Path) -> io::Result<CreatedPath> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if !meta.is_file() || meta.uid() != getuid().as_raw() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not our pid file; not removing it",
+                    path.display()
+                ),
+            ));
+        }
+        match read_pid_file(path) {
+            Ok(pid) if crate::interrupt::pid_alive(pid) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is already in use by a live server (pid {pid}; stop it, or pick another --name)",
+                        path.display()
+                    ),
+                ));
+            }
+            _ => fs::remove_file(path)?,
+        }
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))?;
+    writeln!(f, "{}", std::process::id())?;
+    CreatedPath::adopt(path.to_path_buf())
+}
+
+/// The pid in a pid file.
+pub fn read_pid_file(path: &Path) -> io::Result<i32> {
+    let text = fs::read_to_string(path)?;
+    text.split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: no pid in it", path.display()),
+            )
+        })
+}
+
+/// The pid of the live server whose pid file is `path`, or an error that
+/// says there is none (`NotFound`) or that it died (`ConnectionRefused`).
+pub fn live_server_pid(path: &Path, transport: &str) -> io::Result<i32> {
+    let pid = read_pid_file(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "no server at {}: the pid file does not exist (start one with `ipclab serve {transport}`)",
+                    path.display()
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
+    if !crate::interrupt::pid_alive(pid) {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!(
+                "the server of {} (pid {pid}) is gone: a stale pid file",
+                path.display()
+            ),
+        ));
+    }
+    Ok(pid)
+}
+
 /// A flag raised by SIGINT, SIGTERM and SIGHUP, so a server can leave its
 /// loop and remove its objects. (The handler only stores to an atomic,
 /// which is async-signal-safe.)

@@ -129,11 +129,15 @@ pub fn run(
             .name(format!("session-{id}"))
             .stack_size(256 * 1024)
             .spawn(move || {
-                let _guard = guard;
+                let mut link = link;
                 if log {
                     eprintln!("ipclab: client {id} connected");
                 }
-                let (served, end) = serve_session(link, max_frame);
+                let (served, end) = serve_session(&mut link, max_frame);
+                // No longer serving: free the place first, then let the link
+                // clean up (which may wait for the client to leave).
+                drop(guard);
+                drop(link);
                 if log {
                     match end {
                         Ok(end) => {

@@ -417,5 +417,6 @@ conformance!(pipe);
 conformance!(fifo);
 conformance!(msgq);
 conformance!(shm);
+conformance!(signal);
 conformance!(unix);
 conformance!(tcp);

@@ -55,6 +55,7 @@ pub mod fifo;
 pub mod msgq;
 pub mod pipe;
 pub mod shm;
+pub mod signal;
 pub mod tcp;
 pub mod unix;
 
@@ -205,6 +206,7 @@ pub fn all() -> &'static [&'static dyn Transport] {
         &fifo::Fifo,
         &msgq::Msgq,
         &shm::Shm,
+        &signal::Signal,
         &unix::Unix,
         &tcp::Tcp,
     ]
