@@ -418,5 +418,6 @@ conformance!(fifo);
 conformance!(msgq);
 conformance!(shm);
 conformance!(signal);
+conformance!(flock);
 conformance!(unix);
 conformance!(tcp);

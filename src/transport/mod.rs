@@ -52,6 +52,7 @@ use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::runtime;
 
 pub mod fifo;
+pub mod flock;
 pub mod msgq;
 pub mod pipe;
 pub mod shm;
@@ -207,6 +208,7 @@ pub fn all() -> &'static [&'static dyn Transport] {
         &msgq::Msgq,
         &shm::Shm,
         &signal::Signal,
+        &flock::Flock,
         &unix::Unix,
         &tcp::Tcp,
     ]
