@@ -5,6 +5,7 @@
 //! mechanism implements ([`transport`]); real server processes
 //! ([`process`]). The `ipclab` binary puts a command line on top.
 
+pub mod bench;
 pub mod client;
 pub mod conn;
 pub mod demo;

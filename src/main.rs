@@ -39,6 +39,8 @@ enum Cmd {
     Client(ClientArgs),
     /// Start a server process, run a scripted session against it, stop it
     Demo(DemoArgs),
+    /// Compare transports: round-trip times between two processes per payload size
+    Bench(BenchArgs),
 }
 
 fn transport_names() -> PossibleValuesParser {
@@ -102,6 +104,9 @@ struct ServeArgs {
     /// No status lines on stderr (errors are still reported)
     #[arg(long, short)]
     quiet: bool,
+    /// Pin the server (all its threads) to this CPU
+    #[arg(long, value_name = "CPU")]
+    pin_cpu: Option<usize>,
     /// Write "ready <addr> <endpoint>" to this inherited fd once listening
     #[arg(long, hide = true)]
     ready_fd: Option<i32>,
@@ -144,6 +149,58 @@ struct DemoArgs {
     timeout: Duration,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlacementArg {
+    /// Client and server pinned to one CPU (wake-ups are cheap: shows what differs)
+    SameCore,
+    /// Client and server pinned to two CPUs
+    CrossCore,
+    /// Not pinned: the scheduler decides
+    None,
+    /// same-core, then cross-core
+    Both,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Transports to compare [default: all]
+    #[arg(value_parser = transport_names())]
+    names: Vec<String>,
+    /// Transports to compare, comma-separated (the same as naming them)
+    #[arg(long, value_delimiter = ',', value_parser = transport_names())]
+    transports: Vec<String>,
+    /// Payload sizes, comma-separated, with K/M suffixes
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "64,4K,64K,1M")]
+    sizes: Vec<usize>,
+    /// Most measured round trips per transport and size
+    #[arg(long, default_value_t = 100_000)]
+    iterations: u64,
+    /// Most seconds measured per transport and size (whichever ends first)
+    #[arg(long, default_value = "0.5", value_parser = parse_secs, value_name = "SECS")]
+    time: Duration,
+    /// Round trips discarded before measuring (at most a tenth of --time)
+    #[arg(long, default_value_t = 1000)]
+    warmup: u64,
+    /// Where client and server run
+    #[arg(long, value_enum, default_value = "same-core")]
+    placement: PlacementArg,
+    /// Write the results as JSON ("-" for stdout)
+    #[arg(long, value_name = "FILE")]
+    export_json: Option<String>,
+    /// Write the results as CSV, one row per transport and size ("-" for stdout)
+    #[arg(long, value_name = "FILE")]
+    export_csv: Option<String>,
+    /// Write the results as Markdown tables ("-" for stdout)
+    #[arg(long, value_name = "FILE")]
+    export_markdown: Option<String>,
+    /// Runtime directory [default: $XDG_RUNTIME_DIR/ipclab, or /tmp/ipclab-<uid>]
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Seconds any blocking wait may take before it is an error
+    #[arg(long, default_value = "10", value_parser = parse_secs, value_name = "SECS")]
+    timeout: Duration,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -151,6 +208,7 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve(a),
         Cmd::Client(a) => client(a),
         Cmd::Demo(a) => demo(a),
+        Cmd::Bench(a) => bench(a),
     };
     match result {
         Ok(code) => code,
@@ -209,6 +267,11 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     let mut cfg = a.common.config();
     cfg.idle_timeout = a.idle_timeout;
     cfg.max_clients = a.max_clients;
+    if let Some(cpu) = a.pin_cpu {
+        // Before any thread exists: the session threads inherit it.
+        ipclab::bench::pin_this_thread(cpu)
+            .with_context(|| format!("cannot pin the server to CPU {cpu}"))?;
+    }
     // Registered before any object exists, so a Ctrl-C at any moment still
     // leads to the cleanup below.
     let stop = runtime::stop_flag().context("cannot install the Ctrl-C handler")?;
@@ -406,7 +469,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     if targets.len() > 1 {
         writeln!(
             out,
-            "Summary (round-trip times of single requests, not a benchmark: see `ipclab bench`)"
+            "Summary (round-trip times of single requests: an illustration, not a measurement)"
         )?;
         writeln!(
             out,
@@ -432,4 +495,162 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn bench(a: BenchArgs) -> Result<ExitCode> {
+    use ipclab::bench::{self, Environment, Floor, Placement, Plan, Report};
+    use std::io::IsTerminal;
+
+    let exe = std::env::current_exe().context("cannot find the ipclab binary to start servers")?;
+    let mut names = a.names.clone();
+    names.extend(a.transports.iter().cloned());
+    let transports: Vec<&'static dyn transport::Transport> = if names.is_empty() {
+        transport::all().to_vec()
+    } else {
+        names
+            .iter()
+            .map(|n| transport::by_name(n))
+            .collect::<io::Result<_>>()?
+    };
+    if a.sizes.is_empty() {
+        bail!("--sizes names no size");
+    }
+    let placements = match a.placement {
+        PlacementArg::SameCore => vec![Placement::SameCore],
+        PlacementArg::CrossCore => vec![Placement::CrossCore],
+        PlacementArg::None => vec![Placement::None],
+        PlacementArg::Both => vec![Placement::SameCore, Placement::CrossCore],
+    };
+    let mut cfg = Config::default();
+    if let Some(d) = &a.dir {
+        cfg.dir = d.clone();
+    }
+    cfg.timeout = a.timeout;
+    runtime::prepare_dir(&cfg.dir)?;
+
+    let cpus = bench::allowed_cpus();
+    let (cpu_model, kernel) = bench::report::machine();
+    let mut floors = vec![Floor {
+        name: "null system call".into(),
+        placement: Placement::None,
+        ns: bench::null_syscall_ns(),
+    }];
+    if cpus.len() >= 2
+        && let Some(ns) = bench::cache_line_rtt_ns(cpus[0], cpus[1], Duration::from_millis(300))
+    {
+        floors.push(Floor {
+            name: format!("cache line round trip, CPU {} <-> CPU {}", cpus[0], cpus[1]),
+            placement: Placement::CrossCore,
+            ns,
+        });
+    }
+    let mut report = Report {
+        environment: Environment {
+            ipclab_version: env!("CARGO_PKG_VERSION").into(),
+            cpu_model,
+            cores: cpus.len(),
+            kernel,
+            date_utc: bench::report::utc_now(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            placements: placements.clone(),
+            sizes_bytes: a.sizes.clone(),
+            iterations: a.iterations,
+            time_limit_s: a.time.as_secs_f64(),
+            warmup: a.warmup,
+        },
+        floors,
+        results: Vec::new(),
+    };
+    let plan = Plan {
+        transports: transports.clone(),
+        sizes: a.sizes.clone(),
+        placements: placements.clone(),
+        iterations: a.iterations,
+        time: a.time,
+        warmup: a.warmup,
+        cfg,
+        exe,
+    };
+
+    let fancy = io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb");
+    let cells = (transports.len() * a.sizes.len() * placements.len()) as u64;
+    let bar = if fancy {
+        let b = indicatif::ProgressBar::new(cells);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for &placement in &placements {
+        for &t in &transports {
+            bar.set_message(format!("{} ({placement})", t.name()));
+            let results = bench::run_transport(&plan, t, placement, |_| bar.inc(1));
+            report.results.extend(results);
+            // Rewritten after each transport: a crash keeps what was measured.
+            write_exports(&a, &report)?;
+        }
+    }
+    bar.finish_and_clear();
+
+    // An export to stdout ("-") gets stdout to itself; the tables go to stderr.
+    let to_stdout: Vec<String> = [
+        (&a.export_json, report.to_json()),
+        (&a.export_csv, report.to_csv()?),
+        (&a.export_markdown, report.to_markdown()),
+    ]
+    .into_iter()
+    .filter(|(t, _)| t.as_deref() == Some("-"))
+    .map(|(_, text)| text)
+    .collect();
+    let mut out: Box<dyn Write> = if to_stdout.is_empty() {
+        Box::new(io::stdout().lock())
+    } else {
+        Box::new(io::stderr().lock())
+    };
+    writeln!(
+        out,
+        "ipclab bench: {} CPU(s), {}; round trips between two processes",
+        report.environment.cores, report.environment.cpu_model
+    )?;
+    report.write_tables(&mut out)?;
+    writeln!(out)?;
+    for line in report.summary() {
+        writeln!(out, "{line}")?;
+    }
+    drop(out);
+    for text in to_stdout {
+        io::stdout().lock().write_all(text.as_bytes())?;
+    }
+    for w in report.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let failed = report.results.iter().any(|c| c.error.is_some());
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn write_exports(a: &BenchArgs, report: &ipclab::bench::Report) -> Result<()> {
+    let targets = [
+        (&a.export_json, report.to_json()),
+        (&a.export_csv, report.to_csv()?),
+        (&a.export_markdown, report.to_markdown()),
+    ];
+    for (target, text) in targets {
+        match target.as_deref() {
+            None => {}
+            Some("-") => {}
+            Some(path) => {
+                std::fs::write(path, text).with_context(|| format!("cannot write {path}"))?
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,130 @@
+//! `ipclab bench` as a user runs it: real transports, tiny budgets, and the
+//! exported schema pinned by parsing it back with `deny_unknown_fields`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{exe, watchdog};
+use ipclab::bench::{Placement, Report};
+
+#[test]
+fn bench_exports_parse_back_and_agree() {
+    watchdog(Duration::from_secs(120), || {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (json, csv, md) = (d.join("r.json"), d.join("r.csv"), d.join("r.md"));
+        let out = Command::new(exe())
+            .args([
+                "bench",
+                "pipe",
+                "--transports",
+                "unix,msgq",
+                "--sizes",
+                "64,4K",
+                "--time",
+                "0.05",
+            ])
+            .args(["--warmup", "10", "--dir"])
+            .arg(d.join("run"))
+            .arg("--export-json")
+            .arg(&json)
+            .arg("--export-csv")
+            .arg(&csv)
+            .arg("--export-markdown")
+            .arg(&md)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // The schema: unknown or missing fields fail here.
+        let report: Report =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report.environment.sizes_bytes, vec![64, 4096]);
+        assert_eq!(report.environment.placements, vec![Placement::SameCore]);
+        assert!(
+            report
+                .floors
+                .iter()
+                .any(|f| f.name == "null system call" && f.ns > 0.0)
+        );
+        assert_eq!(report.results.len(), 6, "3 transports × 2 sizes");
+        for c in &report.results {
+            assert!(c.error.is_none(), "{c:?}");
+            assert!(c.round_trips > 0);
+            assert!(
+                c.min_ns <= c.p50_ns && c.p50_ns <= c.p99_ns && c.p99_ns <= c.max_ns,
+                "{c:?}"
+            );
+            let mib = 2.0 * c.size_bytes as f64 * c.rtt_per_s / (1 << 20) as f64;
+            assert!((c.mib_per_s - mib).abs() < 1e-6 * mib.max(1.0));
+            assert!(c.cpu_per_rtt_ns > 0.0, "CPU time is measured: {c:?}");
+        }
+
+        // CSV: a header and one row per cell, with the same figures.
+        let text = std::fs::read_to_string(&csv).unwrap();
+        let mut rows = csv::Reader::from_reader(text.as_bytes());
+        let header = rows.headers().unwrap().clone();
+        for col in [
+            "transport",
+            "placement",
+            "size_bytes",
+            "p50_ns",
+            "p99_ns",
+            "mib_per_s",
+            "error",
+        ] {
+            assert!(header.iter().any(|h| h == col), "CSV lacks {col}");
+        }
+        assert_eq!(rows.records().count(), 6);
+
+        // Markdown and the terminal: one table per size; a summary line each.
+        let md = std::fs::read_to_string(&md).unwrap();
+        assert!(
+            md.contains("## 64 B payload, same-core") && md.contains("## 4 KiB payload, same-core")
+        );
+        assert!(stdout.contains("at 64 B (same-core):") && stdout.contains("fastest"));
+        for t in ["pipe", "unix", "msgq"] {
+            assert!(stdout.contains(t), "{t} missing from:\n{stdout}");
+        }
+        assert_eq!(
+            std::fs::read_dir(d.join("run")).unwrap().count(),
+            0,
+            "bench left objects behind"
+        );
+    });
+}
+
+#[test]
+fn json_to_stdout_keeps_stdout_clean() {
+    watchdog(Duration::from_secs(60), || {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(exe())
+            .args([
+                "bench",
+                "unix",
+                "--sizes",
+                "64",
+                "--time",
+                "0.02",
+                "--warmup",
+                "5",
+                "--export-json",
+                "-",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let report: Report =
+            serde_json::from_slice(&out.stdout).expect("stdout is exactly the JSON");
+        assert_eq!(report.results.len(), 1);
+    });
+}
