@@ -202,7 +202,8 @@ pub fn cache_line_rtt_ns(a: usize, b: usize, limit: Duration) -> Option<f64> {
                         return Some(());
                     }
                     spins += 1;
-                    if spins % 4096 == 0 && Instant::now() > stop + Duration::from_secs(1) {
+                    if spins.is_multiple_of(4096) && Instant::now() > stop + Duration::from_secs(1)
+                    {
                         return None;
                     }
                     std::hint::spin_loop();
@@ -222,7 +223,7 @@ pub fn cache_line_rtt_ns(a: usize, b: usize, limit: Duration) -> Option<f64> {
             let mut spins = 0u64;
             while line.load(Ordering::Acquire) != next + 1 {
                 spins += 1;
-                if spins % 4096 == 0 && Instant::now() > stop + Duration::from_secs(1) {
+                if spins.is_multiple_of(4096) && Instant::now() > stop + Duration::from_secs(1) {
                     break 'outer;
                 }
                 std::hint::spin_loop();
@@ -293,7 +294,7 @@ fn run_cell(
     let mut n = 0u64;
     while n < iterations.max(1) {
         let t0 = Instant::now();
-        round_trip(client, &mut payload, n, n % 256 == 0)?;
+        round_trip(client, &mut payload, n, n.is_multiple_of(256))?;
         let t1 = Instant::now();
         hist.saturating_record((t1 - t0).as_nanos().max(1) as u64);
         n += 1;
