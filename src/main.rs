@@ -199,6 +199,9 @@ struct BenchArgs {
     /// Seconds any blocking wait may take before it is an error
     #[arg(long, default_value = "10", value_parser = parse_secs, value_name = "SECS")]
     timeout: Duration,
+    /// Skip the raw-syscall reference rows (raw-pipe, raw-unix, raw-tcp)
+    #[arg(long)]
+    no_baselines: bool,
 }
 
 fn main() -> ExitCode {
@@ -575,7 +578,15 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     let fancy = io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none()
         && std::env::var("TERM").map_or(true, |t| t != "dumb");
-    let cells = (transports.len() * a.sizes.len() * placements.len()) as u64;
+    let baselines: Vec<bench::raw::RawKind> = if a.no_baselines {
+        Vec::new()
+    } else {
+        bench::raw::RawKind::ALL
+            .into_iter()
+            .filter(|k| transports.iter().any(|t| t.name() == k.transport()))
+            .collect()
+    };
+    let cells = ((transports.len() + baselines.len()) * a.sizes.len() * placements.len()) as u64;
     let bar = if fancy {
         let b = indicatif::ProgressBar::new(cells);
         b.set_style(
@@ -592,6 +603,12 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
             let results = bench::run_transport(&plan, t, placement, |_| bar.inc(1));
             report.results.extend(results);
             // Rewritten after each transport: a crash keeps what was measured.
+            write_exports(&a, &report)?;
+        }
+        for &kind in &baselines {
+            bar.set_message(format!("{} ({placement})", kind.name()));
+            let results = bench::run_baseline(&plan, kind, placement, |_| bar.inc(1));
+            report.results.extend(results);
             write_exports(&a, &report)?;
         }
     }

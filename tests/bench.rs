@@ -54,7 +54,15 @@ fn bench_exports_parse_back_and_agree() {
                 .iter()
                 .any(|f| f.name == "null system call" && f.ns > 0.0)
         );
-        assert_eq!(report.results.len(), 6, "3 transports × 2 sizes");
+        // 3 transports × 2 sizes, and the raw baselines of pipe and unix.
+        assert_eq!(report.results.iter().filter(|c| !c.baseline).count(), 6);
+        let raw: Vec<&str> = report
+            .results
+            .iter()
+            .filter(|c| c.baseline)
+            .map(|c| c.transport.as_str())
+            .collect();
+        assert_eq!(raw, ["raw-pipe", "raw-pipe", "raw-unix", "raw-unix"]);
         for c in &report.results {
             assert!(c.error.is_none(), "{c:?}");
             assert!(c.round_trips > 0);
@@ -82,7 +90,7 @@ fn bench_exports_parse_back_and_agree() {
         ] {
             assert!(header.iter().any(|h| h == col), "CSV lacks {col}");
         }
-        assert_eq!(rows.records().count(), 6);
+        assert_eq!(rows.records().count(), 10);
 
         // Markdown and the terminal: one table per size; a summary line each.
         let md = std::fs::read_to_string(&md).unwrap();
@@ -90,6 +98,10 @@ fn bench_exports_parse_back_and_agree() {
             md.contains("## 64 B payload, same-core") && md.contains("## 4 KiB payload, same-core")
         );
         assert!(stdout.contains("at 64 B (same-core):") && stdout.contains("fastest"));
+        assert!(
+            stdout.contains("ipclab overhead at 64 B (same-core): pipe")
+                && stdout.contains("× raw")
+        );
         for t in ["pipe", "unix", "msgq"] {
             assert!(stdout.contains(t), "{t} missing from:\n{stdout}");
         }
@@ -125,6 +137,6 @@ fn json_to_stdout_keeps_stdout_clean() {
         assert!(out.status.success());
         let report: Report =
             serde_json::from_slice(&out.stdout).expect("stdout is exactly the JSON");
-        assert_eq!(report.results.len(), 1);
+        assert_eq!(report.results.len(), 2, "unix and raw-unix");
     });
 }

@@ -237,6 +237,53 @@ pub fn server_killed_mid_session(env: Env) {
     assert_eq!(env.leftovers(), Vec::<String>::new());
 }
 
+pub fn frozen_server_times_out(env: Env) {
+    let mut cfg = env.cfg.clone();
+    cfg.timeout = Duration::from_secs(1);
+    // Spawned with the short timeout: a pipe's link is made at spawn.
+    let mut server =
+        ipclab::process::ServerProcess::spawn(&exe(), env.transport, &cfg, &["--quiet"]).unwrap();
+    let link = server.connect(env.transport, &cfg).unwrap();
+    let mut c = ipclab::client::Client::from_link(link, cfg.max_frame, Form::Binary);
+    c.ping().unwrap();
+    server.signal(Signal::SIGSTOP).unwrap();
+    // kill(2) returns before the stop takes effect: wait until it has.
+    let stat = format!("/proc/{}/stat", server.pid());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&stat)
+        .unwrap_or_default()
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('T'))
+    {
+        assert!(Instant::now() < deadline, "the server never stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let start = Instant::now();
+    let err = c.ping().expect_err("a frozen server cannot answer");
+    let took = start.elapsed();
+    server.signal(Signal::SIGCONT).unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    drop(c);
+    if env.transport.capabilities().inherited {
+        // Its one client is gone: the thawed server exits cleanly.
+        let status = server
+            .wait_timeout(Duration::from_secs(5))
+            .unwrap()
+            .expect("server exits");
+        assert!(status.success(), "{status}");
+        return;
+    }
+    // Thawed, it serves the next client.
+    let mut next = env.client(&server, Form::Binary);
+    next.ping().unwrap();
+    assert_eq!(next.echo(b"after the thaw").unwrap(), b"after the thaw");
+}
+
 pub fn client_killed_mid_message(env: Env) {
     let server = env.server();
     let before = env.leftovers();
@@ -404,6 +451,7 @@ macro_rules! conformance {
             #[test] fn connect_without_server() { super::run(T, super::connect_without_server) }
             #[test] fn server_killed_mid_session() { super::run(T, super::server_killed_mid_session) }
             #[test] fn client_killed_mid_message() { super::run(T, super::client_killed_mid_message) }
+            #[test] fn frozen_server_times_out() { super::run(T, super::frozen_server_times_out) }
             #[test] fn concurrent_clients() { super::run(T, super::concurrent_clients) }
             #[test] fn stops_clean_on_sigterm() { super::run(T, super::stops_clean_on_sigterm) }
             #[test] fn stops_clean_on_sigint() { super::run(T, super::stops_clean_on_sigint) }

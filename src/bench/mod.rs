@@ -30,6 +30,7 @@
 //! Throughput is payload bytes moved per second in *both* directions:
 //! `2 × size × round trips per second`.
 
+pub mod raw;
 pub mod report;
 
 use std::io;
@@ -239,11 +240,28 @@ pub fn cache_line_rtt_ns(a: usize, b: usize, limit: Duration) -> Option<f64> {
     (rounds > 0).then(|| elapsed.as_nanos() as f64 / rounds as f64)
 }
 
-/// Measure one cell over an open client. `first_rtt` is the connection's
-/// very first round trip at this size (before warm-up).
+/// Something that echoes a payload: an ipclab client, or a raw peer.
+pub trait Echo {
+    fn echo_payload<'a>(&'a mut self, payload: &[u8]) -> io::Result<&'a [u8]>;
+}
+
+impl Echo for Client {
+    fn echo_payload<'a>(&'a mut self, payload: &[u8]) -> io::Result<&'a [u8]> {
+        self.echo(payload)
+    }
+}
+
+impl Echo for raw::RawPeer {
+    fn echo_payload<'a>(&'a mut self, payload: &[u8]) -> io::Result<&'a [u8]> {
+        self.echo(payload)
+    }
+}
+
+/// Measure one cell over an open client (the first round trip, before the
+/// warm-up, is recorded apart).
 #[allow(clippy::too_many_arguments)]
 pub fn measure(
-    client: &mut Client,
+    client: &mut impl Echo,
     server_pid: i32,
     transport: &str,
     placement: Placement,
@@ -263,7 +281,7 @@ pub fn measure(
 }
 
 fn run_cell(
-    client: &mut Client,
+    client: &mut impl Echo,
     server_pid: i32,
     size: usize,
     iterations: u64,
@@ -311,7 +329,7 @@ fn run_cell(
 
 /// One checked echo of `payload`, stamped with `stamp` at both ends.
 fn round_trip(
-    client: &mut Client,
+    client: &mut impl Echo,
     payload: &mut [u8],
     stamp: u64,
     full_check: bool,
@@ -321,7 +339,7 @@ fn round_trip(
     let k = len.min(8);
     payload[..k].copy_from_slice(&s[..k]);
     payload[len - k..].copy_from_slice(&s[8 - k..]);
-    let echo = client.echo(payload)?;
+    let echo = client.echo_payload(payload)?;
     let bad = echo.len() != len
         || echo[..k] != payload[..k]
         || echo[len - k..] != payload[len - k..]
@@ -406,5 +424,49 @@ pub fn run_transport(
         let _ = sched_setaffinity(Pid::from_raw(0), &m);
     }
     let _ = server.stop();
+    cells
+}
+
+/// The raw baseline rows for one placement: every size, each with its own
+/// raw child.
+pub fn run_baseline(
+    plan: &Plan,
+    kind: raw::RawKind,
+    placement: Placement,
+    mut on_cell: impl FnMut(&Cell),
+) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    let Some((client_cpu, server_cpu)) = cpus_for(placement) else {
+        return cells;
+    };
+    let old_mask = client_cpu.and_then(|c| pin_this_thread(c).ok());
+    for &size in &plan.sizes {
+        let mut cell = match raw::RawPeer::start(kind, size, server_cpu) {
+            Ok(mut peer) => {
+                let pid = peer.pid().as_raw();
+                measure(
+                    &mut peer,
+                    pid,
+                    kind.name(),
+                    placement,
+                    size,
+                    plan.iterations,
+                    plan.time,
+                    plan.warmup,
+                )
+            }
+            Err(e) => {
+                let mut c = Cell::empty(kind.name(), placement, size);
+                c.error = Some(e.to_string());
+                c
+            }
+        };
+        cell.baseline = true;
+        on_cell(&cell);
+        cells.push(cell);
+    }
+    if let Some(m) = old_mask {
+        let _ = sched_setaffinity(Pid::from_raw(0), &m);
+    }
     cells
 }

@@ -71,6 +71,8 @@ pub struct Floor {
 #[serde(deny_unknown_fields)]
 pub struct Cell {
     pub transport: String,
+    /// A raw-syscall reference row (`raw-pipe` …), not an ipclab transport.
+    pub baseline: bool,
     pub placement: Placement,
     pub size_bytes: usize,
     pub round_trips: u64,
@@ -105,6 +107,7 @@ impl Cell {
     pub fn empty(transport: &str, placement: Placement, size: usize) -> Cell {
         Cell {
             transport: transport.into(),
+            baseline: false,
             placement,
             size_bytes: size,
             round_trips: 0,
@@ -175,15 +178,50 @@ fn ns(v: f64) -> String {
 }
 
 impl Report {
-    /// The cells of one size and placement, fastest (p50) first; failed last.
+    /// The transports' cells of one size and placement, fastest (p50)
+    /// first, failed last; baselines apart.
     fn group(&self, size: usize, placement: Placement) -> Vec<&Cell> {
         let mut cells: Vec<&Cell> = self
             .results
             .iter()
-            .filter(|c| c.size_bytes == size && c.placement == placement)
+            .filter(|c| !c.baseline && c.size_bytes == size && c.placement == placement)
             .collect();
         cells.sort_by_key(|c| (!c.ok(), c.p50_ns));
         cells
+    }
+
+    /// Raw baseline rows of one size and placement, each with the ipclab
+    /// transport it is the baseline of.
+    fn baselines(&self, size: usize, placement: Placement) -> Vec<(&Cell, Option<&Cell>)> {
+        self.results
+            .iter()
+            .filter(|c| c.baseline && c.ok() && c.size_bytes == size && c.placement == placement)
+            .map(|b| {
+                let ours = self.results.iter().find(|c| {
+                    !c.baseline
+                        && c.ok()
+                        && c.size_bytes == size
+                        && c.placement == placement
+                        && c.transport == b.transport.trim_start_matches("raw-")
+                });
+                (b, ours)
+            })
+            .collect()
+    }
+
+    /// (transport, ipclab p50 ÷ raw p50) for one size and placement.
+    pub fn overhead(&self, size: usize, placement: Placement) -> Vec<(String, f64)> {
+        self.baselines(size, placement)
+            .into_iter()
+            .filter_map(|(b, ours)| {
+                ours.map(|o| {
+                    (
+                        o.transport.clone(),
+                        o.p50_ns as f64 / b.p50_ns.max(1) as f64,
+                    )
+                })
+            })
+            .collect()
     }
 
     /// One table per size and placement, for people.
@@ -233,6 +271,30 @@ impl Report {
                         ratio
                     )?;
                 }
+                let base = self.baselines(size, placement);
+                if !base.is_empty() {
+                    writeln!(
+                        out,
+                        "reference: raw system calls, no ipclab (last column: ipclab ÷ raw)"
+                    )?;
+                }
+                for (b, ours) in base {
+                    writeln!(
+                        out,
+                        "{:<8} {:>9} {:>9} {:>9} {:>10.0} {:>10.1} {:>9} {:>8}",
+                        b.transport,
+                        ns(b.p50_ns as f64),
+                        ns(b.p99_ns as f64),
+                        ns(b.p999_ns as f64),
+                        b.rtt_per_s,
+                        b.mib_per_s,
+                        ns(b.cpu_per_rtt_ns),
+                        ours.map_or("-".to_string(), |o| format!(
+                            "{:.2}×",
+                            o.p50_ns as f64 / b.p50_ns.max(1) as f64
+                        ))
+                    )?;
+                }
             }
         }
         Ok(())
@@ -264,6 +326,18 @@ impl Report {
                     );
                 }
                 lines.push(line);
+                let over = self.overhead(size, placement);
+                if !over.is_empty() {
+                    let parts: Vec<String> = over
+                        .iter()
+                        .map(|(t, r)| format!("{t} {r:.2}× raw"))
+                        .collect();
+                    lines.push(format!(
+                        "  ipclab overhead at {} ({placement}): {}",
+                        fmt_size(size),
+                        parts.join(", ")
+                    ));
+                }
             }
         }
         lines
@@ -278,7 +352,7 @@ impl Report {
                 "this machine has fewer than 2 CPUs: cross-core figures are not possible".into(),
             );
         }
-        for c in self.results.iter().filter(|c| c.ok()) {
+        for c in self.results.iter().filter(|c| c.ok() && !c.baseline) {
             let at = format!(
                 "{} at {} ({})",
                 c.transport,
@@ -387,6 +461,23 @@ impl Report {
                         c.mib_per_s,
                         ns(c.cpu_per_rtt_ns),
                         fastest.map_or(1.0, |f| c.p50_ns as f64 / f as f64)
+                    );
+                }
+                for (b, ours) in self.baselines(size, placement) {
+                    let _ = writeln!(
+                        s,
+                        "| *{}* (reference) | {} | {} | {} | {:.0} | {:.1} | {} | ipclab ÷ raw: {} |",
+                        b.transport,
+                        ns(b.p50_ns as f64),
+                        ns(b.p99_ns as f64),
+                        ns(b.p999_ns as f64),
+                        b.rtt_per_s,
+                        b.mib_per_s,
+                        ns(b.cpu_per_rtt_ns),
+                        ours.map_or("-".to_string(), |o| format!(
+                            "{:.2}×",
+                            o.p50_ns as f64 / b.p50_ns.max(1) as f64
+                        ))
                     );
                 }
             }

@@ -67,6 +67,57 @@ pub mod unix;
 pub trait Link: Read + Write + Send {}
 impl<T: Read + Write + Send + ?Sized> Link for T {}
 
+/// A byte stream (socket, pipe) whose reads block in the kernel with no
+/// timer armed, bounded by [`crate::interrupt`]'s wake-up signal instead.
+///
+/// Why not `SO_RCVTIMEO` or a `poll(2)` before each read: in a ping-pong
+/// every read waits, and a receive timeout arms a kernel timer for each wait
+/// while `poll` adds a system call. Measured with `ipclab bench unix
+/// --sizes 64`, `SO_RCVTIMEO` alone cost 15–30% of a UNIX socket round trip.
+/// A read blocked for longer than a quarter second is interrupted (`EINTR`)
+/// to look at its deadline, so an idle connection sees four cheap wake-ups a
+/// second; a busy one sees none.
+pub struct WatchedReads<T> {
+    inner: T,
+    timeout: Duration,
+}
+
+impl<T> WatchedReads<T> {
+    pub fn new(inner: T, timeout: Duration) -> Self {
+        WatchedReads { inner, timeout }
+    }
+}
+
+impl<T: std::os::fd::AsRawFd> Read for WatchedReads<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = self.inner.as_raw_fd();
+        crate::interrupt::bounded(
+            std::time::Instant::now() + self.timeout,
+            "waiting for the peer to send",
+            || Ok(()),
+            // SAFETY: a valid fd and buffer.
+            || {
+                nix::errno::Errno::result(unsafe {
+                    libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
+                })
+                .map(|n| n as usize)
+            },
+        )
+    }
+}
+
+impl<T: Write> Write for WatchedReads<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.inner.write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The serving side of a transport. Dropping it removes the kernel objects.
 pub trait Listener: Send {
     /// Where clients find this server, in words: an address, a path, a name.

@@ -57,10 +57,12 @@
 //!   (or `quit`s), the server exits.
 //!
 //! # Timeouts
-//! A pipe has no `SO_RCVTIMEO`: every read first waits in `poll(2)` for at
-//! most the timeout, and the write ends are non-blocking, so a full pipe
-//! makes `write` return `EAGAIN` and the wait for space is a bounded
-//! `poll(2)` too. (The server's stdout is made non-blocking only if it is a
+//! A pipe has no `SO_RCVTIMEO`. Reads are plain blocking `read(2)`s, which a
+//! wake-up signal interrupts after a quarter second so the reader can look
+//! at its deadline ([`crate::interrupt`]) — a `poll(2)` before every read
+//! would cost a system call per message. The write ends are non-blocking,
+//! so a full pipe makes `write` return `EAGAIN` and the wait for space is a
+//! bounded `poll(2)`. (The server's stdout is made non-blocking only if it is a
 //! pipe: never a terminal it shares with a shell.)
 //!
 //! # System calls
@@ -70,7 +72,7 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::time::Duration;
 
@@ -208,8 +210,22 @@ impl FdLink {
 }
 
 impl Read for FdLink {
+    /// A plain blocking `read(2)`, bounded by the wake-up signal (see
+    /// [`super::WatchedReads`]): no `poll` in front of it.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        read_within(&mut self.rx, self.read_timeout, buf)
+        let fd = self.rx.as_raw_fd();
+        crate::interrupt::bounded(
+            std::time::Instant::now() + self.read_timeout,
+            "waiting for the peer to send",
+            || Ok(()),
+            // SAFETY: a valid fd and buffer.
+            || {
+                nix::errno::Errno::result(unsafe {
+                    libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
+                })
+                .map(|n| n as usize)
+            },
+        )
     }
 }
 

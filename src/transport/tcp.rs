@@ -43,14 +43,14 @@
 //!
 //! # System calls
 //! `socket(2)`, `setsockopt(2)` (`SO_REUSEADDR`, `TCP_NODELAY`,
-//! `SO_RCVTIMEO`, `SO_SNDTIMEO`), `bind(2)`, `listen(2)`, `poll(2)`,
+//! `SO_SNDTIMEO`), `bind(2)`, `listen(2)`, `poll(2)`,
 //! `accept4(2)`, `connect(2)`, `read(2)`, `writev(2)`; see `tcp(7)`, `ip(7)`.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use super::{Boundaries, Capabilities, Config, Link, Listener, Transport, WatchedReads};
 use crate::runtime;
 
 /// The TCP loopback transport.
@@ -107,8 +107,8 @@ impl Transport for Tcp {
             };
             io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}{hint}"))
         })?;
-        configure(&stream, cfg.timeout, cfg.timeout)?;
-        Ok(Box::new(stream))
+        configure(&stream, cfg.timeout)?;
+        Ok(Box::new(WatchedReads::new(stream, cfg.timeout)))
     }
 }
 
@@ -132,14 +132,17 @@ impl Listener for TcpServer {
             return Ok(None);
         }
         let (stream, _) = self.listener.accept()?;
-        configure(&stream, self.cfg.idle_timeout, self.cfg.timeout)?;
-        Ok(Some(Box::new(stream)))
+        configure(&stream, self.cfg.timeout)?;
+        Ok(Some(Box::new(WatchedReads::new(
+            stream,
+            self.cfg.idle_timeout,
+        ))))
     }
 }
 
-fn configure(s: &TcpStream, read: Duration, write: Duration) -> io::Result<()> {
+/// `TCP_NODELAY`, and a send timeout (reads are bounded by [`WatchedReads`]).
+fn configure(s: &TcpStream, write: Duration) -> io::Result<()> {
     s.set_nodelay(true)?;
-    s.set_read_timeout(Some(read))?;
     s.set_write_timeout(Some(write))
 }
 

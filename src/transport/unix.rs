@@ -41,8 +41,9 @@
 //!
 //! # System calls
 //! `socket(2)`, `bind(2)`, `listen(2)`, `poll(2)`, `accept4(2)`,
-//! `connect(2)`, `read(2)`, `writev(2)`, `setsockopt(2)` (`SO_RCVTIMEO`,
-//! `SO_SNDTIMEO`), `unlink(2)`; see `unix(7)`.
+//! `connect(2)`, `read(2)`, `writev(2)`, `setsockopt(2)` (`SO_SNDTIMEO`),
+//! `unlink(2)`; see `unix(7)`. Reads are bounded without a socket timeout:
+//! see [`WatchedReads`].
 
 use std::fs;
 use std::io;
@@ -56,7 +57,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::unistd::getuid;
 
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use super::{Boundaries, Capabilities, Config, Link, Listener, Transport, WatchedReads};
 use crate::runtime::{self, CreatedPath};
 
 /// The UNIX domain stream socket transport.
@@ -96,9 +97,8 @@ impl Transport for Unix {
 
     fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>> {
         let stream = connect_with_timeout(&cfg.object_path(".sock"), cfg.timeout)?;
-        stream.set_read_timeout(Some(cfg.timeout))?;
         stream.set_write_timeout(Some(cfg.timeout))?;
-        Ok(Box::new(stream))
+        Ok(Box::new(WatchedReads::new(stream, cfg.timeout)))
     }
 }
 
@@ -119,9 +119,11 @@ impl Listener for UnixServer {
             return Ok(None);
         }
         let (stream, _) = self.listener.accept()?;
-        stream.set_read_timeout(Some(self.cfg.idle_timeout))?;
         stream.set_write_timeout(Some(self.cfg.timeout))?;
-        Ok(Some(Box::new(stream)))
+        Ok(Some(Box::new(WatchedReads::new(
+            stream,
+            self.cfg.idle_timeout,
+        ))))
     }
 }
 
