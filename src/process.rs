@@ -256,6 +256,9 @@ impl ServerProcess {
     /// if it has not exited within five seconds.
     pub fn stop(&mut self) -> io::Result<ExitStatus> {
         self.signal(Signal::SIGTERM)?;
+        // A stopped (SIGSTOP) server would hold SIGTERM pending until it is
+        // continued, and then be killed without cleaning up: continue it.
+        self.signal(Signal::SIGCONT)?;
         match self.wait_timeout(Duration::from_secs(5))? {
             Some(s) => Ok(s),
             None => {
