@@ -14,7 +14,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use ipclab::bench::raw::{RawKind, RawPeer};
 use ipclab::bench::{Placement, cpus_for, pin_this_thread};
 use ipclab::client::Client;
@@ -27,8 +29,15 @@ const SIZES: [usize; 4] = [64, 4096, 64 * 1024, 1 << 20];
 
 fn round_trips(c: &mut Criterion) {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_ipclab"));
-    let dir = tempfile::Builder::new().prefix("ipclab-bench").tempdir_in("/tmp").expect("temp dir");
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ipclab-bench")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let (client_cpu, server_cpu) = cpus_for(Placement::SameCore).expect("a CPU");
     let _mask = client_cpu.map(|c| pin_this_thread(c).expect("pin the client"));
     let pin = server_cpu.map(|c| c.to_string()).unwrap_or_default();
@@ -49,7 +58,11 @@ fn round_trips(c: &mut Criterion) {
         }
         let server = ServerProcess::spawn(&exe, *t, &cfg, &extra).expect("server starts");
         let link = server.connect(*t, &cfg).expect("client connects");
-        peers.push((t.name(), server, Client::from_link(link, cfg.max_frame, Form::Binary)));
+        peers.push((
+            t.name(),
+            server,
+            Client::from_link(link, cfg.max_frame, Form::Binary),
+        ));
     }
 
     for size in SIZES {

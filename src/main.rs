@@ -163,8 +163,8 @@ enum PlacementArg {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Transports to compare [default: all]
-    #[arg(value_parser = transport_names())]
+    /// Transports to compare, by name or comma-separated [default: all]
+    #[arg(value_delimiter = ',', value_parser = transport_names())]
     names: Vec<String>,
     /// Transports to compare, comma-separated (the same as naming them)
     #[arg(long, value_delimiter = ',', value_parser = transport_names())]
@@ -202,6 +202,9 @@ struct BenchArgs {
     /// Skip the raw-syscall reference rows (raw-pipe, raw-unix, raw-tcp)
     #[arg(long)]
     no_baselines: bool,
+    /// Draw p50 (with a p99 whisker) against payload size, log-log, as SVG
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -518,6 +521,14 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     if a.sizes.is_empty() {
         bail!("--sizes names no size");
     }
+    if let Some(p) = &a.plot
+        && !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+    {
+        bail!(
+            "--plot writes SVG: name the file *.svg (got '{}')",
+            p.display()
+        );
+    }
     let placements = match a.placement {
         PlacementArg::SameCore => vec![Placement::SameCore],
         PlacementArg::CrossCore => vec![Placement::CrossCore],
@@ -613,6 +624,10 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
         }
     }
     bar.finish_and_clear();
+    if let Some(p) = &a.plot {
+        bench::plot::draw(&report, p)?;
+        eprintln!("plot written to {}", p.display());
+    }
 
     // An export to stdout ("-") gets stdout to itself; the tables go to stderr.
     let to_stdout: Vec<String> = [

@@ -140,3 +140,54 @@ fn json_to_stdout_keeps_stdout_clean() {
         assert_eq!(report.results.len(), 2, "unix and raw-unix");
     });
 }
+
+#[test]
+fn plot_is_an_svg_with_every_transport() {
+    watchdog(Duration::from_secs(60), || {
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("p.svg");
+        let out = Command::new(exe())
+            .args([
+                "bench",
+                "pipe,unix",
+                "--sizes",
+                "64,4K",
+                "--time",
+                "0.02",
+                "--warmup",
+                "5",
+            ])
+            .arg("--dir")
+            .arg(dir.path().join("run"))
+            .arg("--plot")
+            .arg(&svg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.starts_with("<svg"), "not an SVG");
+        for label in [
+            "pipe",
+            "unix",
+            "raw-pipe (reference)",
+            "floor: null system call",
+            "64 B",
+            "4 KiB",
+            "same-core",
+        ] {
+            assert!(text.contains(label), "the plot lacks {label:?}");
+        }
+
+        let bad = Command::new(exe())
+            .args(["bench", "unix", "--plot"])
+            .arg(dir.path().join("p.png"))
+            .output()
+            .unwrap();
+        assert_eq!(bad.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("--plot writes SVG"));
+    });
+}

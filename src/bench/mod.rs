@@ -30,6 +30,7 @@
 //! Throughput is payload bytes moved per second in *both* directions:
 //! `2 × size × round trips per second`.
 
+pub mod plot;
 pub mod raw;
 pub mod report;
 

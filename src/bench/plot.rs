@@ -1,0 +1,216 @@
+//! `--plot FILE.svg`: p50 round trip against payload size, log-log, one
+//! line per transport with a p99 whisker at each point, the raw baselines
+//! thin, and the floors as dashed lines; one panel per placement.
+
+use std::io;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::report::{Cell, Placement, Report};
+use crate::units::fmt_size;
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn fmt_us(v: f64) -> String {
+    crate::units::fmt_duration(std::time::Duration::from_nanos((v * 1000.0) as u64))
+}
+
+/// Draw `report` into `path` (SVG).
+pub fn draw(report: &Report, path: &Path) -> io::Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !ext.eq_ignore_ascii_case("svg") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--plot writes SVG: name the file *.svg (got '{}')",
+                path.display()
+            ),
+        ));
+    }
+    let placements = report.environment.placements.clone();
+    let panels = placements.len().max(1) as u32;
+    let root = SVGBackend::new(path, (1280, 680 * panels)).into_drawing_area();
+    draw_on(report, &placements, root)
+        .map_err(|e| io::Error::other(format!("drawing {}: {e}", path.display())))
+}
+
+fn draw_on<DB: DrawingBackend>(
+    report: &Report,
+    placements: &[Placement],
+    root: DrawingArea<DB, plotters::coord::Shift>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    // One colour per transport for the whole figure, in order of first
+    // appearance (the registry's order), whatever its rank in a panel.
+    let mut order: Vec<&str> = Vec::new();
+    for c in &report.results {
+        if !order.contains(&c.transport.as_str()) {
+            order.push(&c.transport);
+        }
+    }
+    let colour =
+        |name: &str| Palette99::pick(order.iter().position(|n| *n == name).unwrap_or(0)).to_rgba();
+    let areas = root.split_evenly((placements.len().max(1), 1));
+    for (panel, &placement) in areas.iter().zip(placements) {
+        // The chart on the left, its legend in a column of its own: a
+        // legend inside the chart would hide data.
+        let (area, legend_area) = panel.split_horizontally(panel.dim_in_pixel().0 as i32 - 300);
+        let cells: Vec<&Cell> = report
+            .results
+            .iter()
+            .filter(|c| c.placement == placement && c.error.is_none() && c.round_trips > 0)
+            .collect();
+        if cells.is_empty() {
+            continue;
+        }
+        let sizes = &report.environment.sizes_bytes;
+        let (xmin, xmax) = (
+            *sizes.iter().min().unwrap_or(&1) as f64 / 1.5,
+            *sizes.iter().max().unwrap_or(&1) as f64 * 1.5,
+        );
+        let floors: Vec<(String, f64)> = report
+            .floors
+            .iter()
+            .filter(|f| {
+                f.placement == placement
+                    || f.placement == Placement::None
+                    || placement == Placement::SameCore
+            })
+            .map(|f| (f.name.clone(), f.ns / 1000.0))
+            .collect();
+        let lo = cells
+            .iter()
+            .map(|c| us(c.p50_ns))
+            .chain(floors.iter().map(|f| f.1))
+            .fold(f64::MAX, f64::min)
+            / 2.0;
+        let hi = cells
+            .iter()
+            .map(|c| us(c.p99_ns.max(c.p50_ns)))
+            .fold(0.0, f64::max)
+            * 2.0;
+        let title = format!(
+            "ipclab bench: round trip p50 (whisker to p99), {placement}, {} CPU(s)",
+            report.environment.cores
+        );
+        let mut chart = ChartBuilder::on(&area)
+            .caption(title, ("sans-serif", 24))
+            .margin(18)
+            .x_label_area_size(50)
+            .y_label_area_size(80)
+            .build_cartesian_2d(
+                (xmin..xmax)
+                    .log_scale()
+                    .with_key_points(sizes.iter().map(|&s| s as f64).collect()),
+                (lo.max(1e-3)..hi.max(1.0)).log_scale(),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc("payload size")
+            .y_desc("round trip (µs)")
+            .axis_desc_style(("sans-serif", 18))
+            .label_style(("sans-serif", 15))
+            .x_label_formatter(&|v| fmt_size(v.round() as usize))
+            .y_label_formatter(&|v| {
+                if *v >= 1.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.2}")
+                }
+            })
+            .draw()?;
+
+        // Transports in the order of the table (fastest first at the
+        // smallest size), baselines after.
+        let mut names: Vec<(&str, bool)> = Vec::new();
+        for c in &cells {
+            if !names.iter().any(|(n, _)| *n == c.transport) {
+                names.push((&c.transport, c.baseline));
+            }
+        }
+        names.sort_by_key(|(n, base)| {
+            let first = cells
+                .iter()
+                .filter(|c| c.transport == *n)
+                .min_by_key(|c| c.size_bytes)
+                .map_or(u64::MAX, |c| c.p50_ns);
+            (*base, first)
+        });
+        let mut legend: Vec<(String, RGBAColor, u32, bool)> = Vec::new();
+        for (name, baseline) in &names {
+            let color = colour(name);
+            let mut pts: Vec<&&Cell> = cells.iter().filter(|c| c.transport == *name).collect();
+            pts.sort_by_key(|c| c.size_bytes);
+            let line: Vec<(f64, f64)> = pts
+                .iter()
+                .map(|c| (c.size_bytes as f64, us(c.p50_ns)))
+                .collect();
+            let width = if *baseline { 1 } else { 3 };
+            let label = if *baseline {
+                format!("{name} (reference)")
+            } else {
+                name.to_string()
+            };
+            chart.draw_series(LineSeries::new(line.clone(), color.stroke_width(width)))?;
+            legend.push((label, color, width, false));
+            chart.draw_series(
+                line.iter()
+                    .map(|&p| Circle::new(p, if *baseline { 2 } else { 4 }, color.filled())),
+            )?;
+            chart.draw_series(pts.iter().map(|c| {
+                let x = c.size_bytes as f64;
+                PathElement::new(
+                    vec![(x, us(c.p50_ns)), (x, us(c.p99_ns))],
+                    color.stroke_width(1),
+                )
+            }))?;
+        }
+        for (name, v) in &floors {
+            let style = BLACK.mix(0.6).stroke_width(1);
+            chart.draw_series(DashedLineSeries::new(
+                vec![(xmin, *v), (xmax, *v)],
+                6,
+                6,
+                style,
+            ))?;
+            legend.push((
+                format!("floor: {name}, {}", fmt_us(*v)),
+                BLACK.mix(0.6),
+                1,
+                true,
+            ));
+        }
+        // The legend column.
+        let font = ("sans-serif", 15).into_font();
+        let mut y = 70;
+        for (label, color, width, dashed) in &legend {
+            if *dashed {
+                for k in 0..3 {
+                    legend_area.draw(&PathElement::new(
+                        vec![(10 + 10 * k, y), (16 + 10 * k, y)],
+                        color.stroke_width(*width),
+                    ))?;
+                }
+            } else {
+                legend_area.draw(&PathElement::new(
+                    vec![(10, y), (40, y)],
+                    color.stroke_width((*width).max(2)),
+                ))?;
+                legend_area.draw(&Circle::new((25, y), 3, color.filled()))?;
+            }
+            // Long floor labels wrap after the comma.
+            let (first, rest) = label.split_once(", ").unwrap_or((label.as_str(), ""));
+            legend_area.draw(&Text::new(first.to_string(), (48, y - 8), font.clone()))?;
+            if !rest.is_empty() {
+                legend_area.draw(&Text::new(rest.to_string(), (48, y + 9), font.clone()))?;
+                y += 18;
+            }
+            y += 26;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
