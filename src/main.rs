@@ -41,6 +41,20 @@ enum Cmd {
     Demo(DemoArgs),
     /// Compare transports: round-trip times between two processes per payload size
     Bench(BenchArgs),
+    /// Show a saved `bench --export-json` run again: tables, plot, or a comparison with another run
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// A run saved with `ipclab bench --export-json`
+    run: PathBuf,
+    /// Compare with this earlier run (before → after, per transport and size)
+    #[arg(long, value_name = "BEFORE.json")]
+    against: Option<PathBuf>,
+    /// Draw the run as `bench --plot` does
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 fn transport_names() -> PossibleValuesParser {
@@ -215,6 +229,7 @@ fn main() -> ExitCode {
         Cmd::Client(a) => client(a),
         Cmd::Demo(a) => demo(a),
         Cmd::Bench(a) => bench(a),
+        Cmd::Report(a) => report(a),
     };
     match result {
         Ok(code) => code,
@@ -685,4 +700,107 @@ fn write_exports(a: &BenchArgs, report: &ipclab::bench::Report) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn load_report(path: &std::path::Path) -> Result<ipclab::bench::Report> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a run saved by this version of `ipclab bench --export-json`",
+            path.display()
+        )
+    })
+}
+
+fn report(a: ReportArgs) -> Result<ExitCode> {
+    let run = load_report(&a.run)?;
+    let mut out = io::stdout().lock();
+    match &a.against {
+        None => {
+            writeln!(
+                out,
+                "{} ({}, {})",
+                a.run.display(),
+                run.environment.date_utc,
+                run.environment.cpu_model
+            )?;
+            run.write_tables(&mut out)?;
+            writeln!(out)?;
+            for line in run.summary() {
+                writeln!(out, "{line}")?;
+            }
+        }
+        Some(before_path) => {
+            let before = load_report(before_path)?;
+            let (b, n) = (&before.environment, &run.environment);
+            writeln!(
+                out,
+                "before: {} ({}, ipclab {}, {})",
+                before_path.display(),
+                b.date_utc,
+                b.ipclab_version,
+                b.cpu_model
+            )?;
+            writeln!(
+                out,
+                "after:  {} ({}, ipclab {}, {})",
+                a.run.display(),
+                n.date_utc,
+                n.ipclab_version,
+                n.cpu_model
+            )?;
+            if b.cpu_model != n.cpu_model || b.kernel != n.kernel || b.cores != n.cores {
+                writeln!(
+                    out,
+                    "note: the runs come from different machines or kernels; compare with care"
+                )?;
+            }
+            writeln!(out)?;
+            writeln!(
+                out,
+                "{:<10} {:>8} {:<10} {:>11} {:>11} {:>8}  CHANGE",
+                "TRANSPORT", "SIZE", "PLACEMENT", "p50 BEFORE", "p50 AFTER", "RATIO"
+            )?;
+            for c in run
+                .results
+                .iter()
+                .filter(|c| c.error.is_none() && c.round_trips > 0)
+            {
+                let Some(old) = before.results.iter().find(|o| {
+                    o.transport == c.transport
+                        && o.size_bytes == c.size_bytes
+                        && o.placement == c.placement
+                        && o.error.is_none()
+                        && o.round_trips > 0
+                }) else {
+                    continue;
+                };
+                let ratio = c.p50_ns as f64 / old.p50_ns.max(1) as f64;
+                let change = if ratio < 0.95 {
+                    format!("{:.0}% faster", (1.0 - ratio) * 100.0)
+                } else if ratio > 1.05 {
+                    format!("{:.0}% slower", (ratio - 1.0) * 100.0)
+                } else {
+                    "same (within 5%)".to_string()
+                };
+                let d = |ns: u64| fmt_duration(Duration::from_nanos(ns));
+                writeln!(
+                    out,
+                    "{:<10} {:>8} {:<10} {:>11} {:>11} {:>7.2}×  {change}",
+                    c.transport,
+                    fmt_size(c.size_bytes),
+                    c.placement.to_string(),
+                    d(old.p50_ns),
+                    d(c.p50_ns),
+                    ratio
+                )?;
+            }
+        }
+    }
+    if let Some(p) = &a.plot {
+        ipclab::bench::plot::draw(&run, p)?;
+        eprintln!("plot written to {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

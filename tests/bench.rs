@@ -191,3 +191,70 @@ fn plot_is_an_svg_with_every_transport() {
         assert!(String::from_utf8_lossy(&bad.stderr).contains("--plot writes SVG"));
     });
 }
+
+#[test]
+fn saved_runs_are_shown_plotted_and_compared_by_the_script() {
+    watchdog(Duration::from_secs(90), || {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in ["before.json", "after.json"] {
+            let out = Command::new(exe())
+                .args([
+                    "bench",
+                    "unix",
+                    "--sizes",
+                    "64",
+                    "--time",
+                    "0.02",
+                    "--warmup",
+                    "5",
+                    "--no-baselines",
+                ])
+                .arg("--dir")
+                .arg(d.join("run"))
+                .arg("--export-json")
+                .arg(d.join(name))
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench-report.sh");
+        let run = |args: &[&std::ffi::OsStr]| {
+            let out = Command::new("bash")
+                .arg(script)
+                .args(args)
+                .env("IPCLAB", exe())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let (b, a, svg) = (d.join("before.json"), d.join("after.json"), d.join("p.svg"));
+        let cmp = run(&["compare".as_ref(), b.as_os_str(), a.as_os_str()]);
+        assert!(
+            cmp.contains("p50 BEFORE")
+                && cmp
+                    .lines()
+                    .any(|l| l.starts_with("unix") && l.contains("×")),
+            "{cmp}"
+        );
+        run(&["plot".as_ref(), a.as_os_str(), svg.as_os_str()]);
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("unix"));
+        let shown = run(&["show".as_ref(), a.as_os_str()]);
+        assert!(shown.contains("64 B payload, same-core"), "{shown}");
+
+        // A file that is not a run gets a clear error.
+        std::fs::write(d.join("bad.json"), br#"{"results": 1}"#).unwrap();
+        let out = Command::new(exe())
+            .arg("report")
+            .arg(d.join("bad.json"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is not a run saved by"));
+    });
+}
