@@ -628,13 +628,14 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
             bar.set_message(format!("{} ({placement})", t.name()));
             let results = bench::run_transport(&plan, t, placement, |_| bar.inc(1));
             report.results.extend(results);
+            // A transport's raw baseline right after it, so that drift of
+            // the machine between the two stays small.
+            if let Some(&kind) = baselines.iter().find(|k| k.transport() == t.name()) {
+                bar.set_message(format!("{} ({placement})", kind.name()));
+                let results = bench::run_baseline(&plan, kind, placement, |_| bar.inc(1));
+                report.results.extend(results);
+            }
             // Rewritten after each transport: a crash keeps what was measured.
-            write_exports(&a, &report)?;
-        }
-        for &kind in &baselines {
-            bar.set_message(format!("{} ({placement})", kind.name()));
-            let results = bench::run_baseline(&plan, kind, placement, |_| bar.inc(1));
-            report.results.extend(results);
             write_exports(&a, &report)?;
         }
     }
