@@ -140,6 +140,22 @@ pub fn bounded<T>(
     })
 }
 
+/// `read(2)` on a blocking `fd`, bounded by `timeout`: a plain read, with
+/// no timer armed and no `poll` before it; the wake-up signal lets it look
+/// at its deadline every [`PERIOD`].
+pub fn read(fd: std::os::fd::RawFd, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+    bounded(
+        Instant::now() + timeout,
+        "waiting for the peer to send",
+        || Ok(()),
+        || {
+            // SAFETY: a valid fd and buffer.
+            Errno::result(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+                .map(|n| n as usize)
+        },
+    )
+}
+
 /// Is process `pid` still there? (`kill(pid, 0)`.)
 pub fn pid_alive(pid: i32) -> bool {
     pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) != Err(Errno::ESRCH)

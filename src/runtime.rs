@@ -122,22 +122,45 @@ impl Drop for CreatedPath {
     }
 }
 
+/// Something already exists at `path`: make sure it is ours and of the
+/// expected kind before anyone replaces it; otherwise refuse, naming it.
+/// (A symlink is never "ours": `is_kind` sees the link itself.)
+pub fn check_ours(
+    path: &Path,
+    is_kind: impl Fn(&fs::FileType) -> bool,
+    kind: &str,
+) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if !is_kind(&meta.file_type()) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not {kind}; not removing it",
+                path.display()
+            ),
+        ));
+    }
+    if meta.uid() != getuid().as_raw() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {}; not removing it",
+                path.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Create `path` holding our pid, owner-only. A pid file whose process is
 /// gone is stale and replaced; one whose process lives means a live server
 /// (`AddrInUse`); anything that is not our regular file is left alone.
 pub fn create_pid_file(path: &Path) -> io::Result<CreatedPath> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(meta) = fs::symlink_metadata(path) {
-        if !meta.is_file() || meta.uid() != getuid().as_raw() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not our pid file; not removing it",
-                    path.display()
-                ),
-            ));
-        }
+    if fs::symlink_metadata(path).is_ok() {
+        check_ours(path, fs::FileType::is_file, "a pid file")?;
         match read_pid_file(path) {
             Ok(pid) if crate::interrupt::pid_alive(pid) => {
                 return Err(io::Error::new(

@@ -62,7 +62,11 @@ fn bench_exports_parse_back_and_agree() {
             .filter(|c| c.baseline)
             .map(|c| c.transport.as_str())
             .collect();
-        assert_eq!(raw, ["raw-pipe", "raw-pipe", "raw-unix", "raw-unix"], "each right after its transport");
+        assert_eq!(
+            raw,
+            ["raw-pipe", "raw-pipe", "raw-unix", "raw-unix"],
+            "each right after its transport"
+        );
         for c in &report.results {
             assert!(c.error.is_none(), "{c:?}");
             assert!(c.round_trips > 0);

@@ -244,26 +244,7 @@ fn make_fifo_replacing_stale(path: &Path) -> io::Result<()> {
             ));
         }
     }
-    let meta = fs::symlink_metadata(path)?;
-    if !meta.file_type().is_fifo() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists and is not a FIFO; not removing it",
-                path.display()
-            ),
-        ));
-    }
-    if meta.uid() != getuid().as_raw() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} belongs to uid {}; not removing it",
-                path.display(),
-                meta.uid()
-            ),
-        ));
-    }
+    runtime::check_ours(path, |t| t.is_fifo(), "a FIFO")?;
     match open(
         path,
         OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,

@@ -80,7 +80,7 @@
 use std::fs::{self, File};
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,7 +88,6 @@ use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
-use nix::unistd::getuid;
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
 use crate::interrupt;
@@ -363,17 +362,8 @@ impl Transport for Flock {
 /// V) — then taking V makes it ours. A live server's file is an error, and
 /// anything that is not our regular file is left alone.
 fn open_replacing_stale(path: &Path) -> io::Result<File> {
-    if let Ok(meta) = fs::symlink_metadata(path) {
-        let ours = meta.uid() == getuid().as_raw();
-        if !meta.file_type().is_file() || meta.file_type().is_symlink() || !ours {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not our data file; not removing it",
-                    path.display()
-                ),
-            ));
-        }
+    if fs::symlink_metadata(path).is_ok() {
+        runtime::check_ours(path, fs::FileType::is_file, "a data file")?;
     }
     let file = fs::OpenOptions::new()
         .read(true)

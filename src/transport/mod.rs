@@ -90,19 +90,7 @@ impl<T> WatchedReads<T> {
 
 impl<T: std::os::fd::AsRawFd> Read for WatchedReads<T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let fd = self.inner.as_raw_fd();
-        crate::interrupt::bounded(
-            std::time::Instant::now() + self.timeout,
-            "waiting for the peer to send",
-            || Ok(()),
-            // SAFETY: a valid fd and buffer.
-            || {
-                nix::errno::Errno::result(unsafe {
-                    libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
-                })
-                .map(|n| n as usize)
-            },
-        )
+        crate::interrupt::read(self.inner.as_raw_fd(), buf, self.timeout)
     }
 }
 

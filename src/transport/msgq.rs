@@ -224,20 +224,10 @@ fn read_key_file(path: &Path) -> io::Result<(i32, u8)> {
 /// A key file left by a server that is gone marks a stale queue: remove the
 /// queue (only if it is ours) and the file. A live server is an error.
 fn remove_stale(key_path: &Path) -> io::Result<()> {
-    let meta = match fs::symlink_metadata(key_path) {
-        Ok(m) => m,
+    match fs::symlink_metadata(key_path) {
+        Ok(_) => runtime::check_ours(key_path, fs::FileType::is_file, "a key file")?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
-    };
-    use std::os::unix::fs::MetadataExt;
-    if !meta.is_file() || meta.uid() != getuid().as_raw() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists and is not our key file; not removing it",
-                key_path.display()
-            ),
-        ));
     }
     let recorded = read_key_file(key_path);
     if let Ok((pid, _)) = recorded

@@ -213,19 +213,7 @@ impl Read for FdLink {
     /// A plain blocking `read(2)`, bounded by the wake-up signal (see
     /// [`super::WatchedReads`]): no `poll` in front of it.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let fd = self.rx.as_raw_fd();
-        crate::interrupt::bounded(
-            std::time::Instant::now() + self.read_timeout,
-            "waiting for the peer to send",
-            || Ok(()),
-            // SAFETY: a valid fd and buffer.
-            || {
-                nix::errno::Errno::result(unsafe {
-                    libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
-                })
-                .map(|n| n as usize)
-            },
-        )
+        crate::interrupt::read(self.rx.as_raw_fd(), buf, self.read_timeout)
     }
 }
 

@@ -48,14 +48,13 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
-use nix::unistd::getuid;
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport, WatchedReads};
 use crate::runtime::{self, CreatedPath};
@@ -135,26 +134,7 @@ fn bind_replacing_stale(path: &Path, timeout: Duration) -> io::Result<UnixListen
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
         other => return other.map_err(|e| with_path(e, "cannot bind", path)),
     }
-    let meta = fs::symlink_metadata(path)?;
-    if !meta.file_type().is_socket() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists and is not a socket; not removing it",
-                path.display()
-            ),
-        ));
-    }
-    if meta.uid() != getuid().as_raw() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} belongs to uid {}; not removing it",
-                path.display(),
-                meta.uid()
-            ),
-        ));
-    }
+    runtime::check_ours(path, |t| t.is_socket(), "a socket")?;
     match connect_with_timeout(path, timeout) {
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
