@@ -24,16 +24,18 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn list_shows_every_transport() {
-    let out = ipclab(&["list"]);
-    assert!(out.status.success());
-    let s = text(&out.stdout);
-    for t in transport::all() {
-        assert!(
-            s.lines().any(|l| l.starts_with(&format!("{} ", t.name()))),
-            "{} missing from:\n{s}",
-            t.name()
-        );
-    }
+    watchdog(LIMIT, || {
+        let out = ipclab(&["list"]);
+        assert!(out.status.success());
+        let s = text(&out.stdout);
+        for t in transport::all() {
+            assert!(
+                s.lines().any(|l| l.starts_with(&format!("{} ", t.name()))),
+                "{} missing from:\n{s}",
+                t.name()
+            );
+        }
+    });
 }
 
 #[test]
