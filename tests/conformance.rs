@@ -324,10 +324,15 @@ pub fn objects_are_owner_only(env: Env) {
     c.ping().unwrap();
     let dir_mode = std::fs::metadata(env.dir()).unwrap().permissions().mode();
     assert_eq!(dir_mode & 0o077, 0, "runtime directory mode {dir_mode:o}");
-    for name in env.leftovers() {
-        let meta = std::fs::symlink_metadata(env.dir().join(&name)).unwrap();
+    let mut objects: Vec<std::path::PathBuf> = std::fs::read_dir(env.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    objects.extend(env.transport.external_objects(&env.cfg));
+    for path in objects {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
         let mode = meta.permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
     }
 }
 
