@@ -82,8 +82,8 @@ use std::fs::{self, File};
 use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -360,11 +360,23 @@ struct FifoServer {
     ready: VecDeque<Box<dyn Link>>,
 }
 
+/// Bytes the listener took off the request FIFO for one session, not yet
+/// read by it. A queue that keeps its capacity: no allocation per packet.
+#[derive(Default)]
+struct Inbox {
+    bytes: VecDeque<u8>,
+    /// BYE came, or the session was dropped.
+    closed: bool,
+}
+
+type SharedInbox = Arc<(Mutex<Inbox>, Condvar)>;
+
+fn lock(inbox: &SharedInbox) -> MutexGuard<'_, Inbox> {
+    inbox.0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Session {
-    to_session: mpsc::Sender<Vec<u8>>,
-    /// Bytes forwarded but not yet read by the session: bounded, so a client
-    /// that floods the FIFO cannot make the server hoard memory.
-    queued: Arc<AtomicUsize>,
+    inbox: SharedInbox,
 }
 
 impl Listener for FifoServer {
@@ -420,12 +432,21 @@ impl FifoServer {
                 }
                 DATA => {
                     let data = &self.buf[at + HEADER..at + HEADER + len];
+                    // Bounded, so a client that floods the FIFO cannot make
+                    // the server hoard memory; a session whose reader is
+                    // gone is forgotten.
                     let limit = self.cfg.max_frame + (64 << 10);
                     let drop_it = match self.sessions.get(&key) {
-                        Some(s) if s.queued.load(Ordering::SeqCst) + len > limit => true,
+                        Some(s) if Arc::strong_count(&s.inbox) == 1 => true,
                         Some(s) => {
-                            s.queued.fetch_add(len, Ordering::SeqCst);
-                            s.to_session.send(data.to_vec()).is_err()
+                            let mut inbox = lock(&s.inbox);
+                            if inbox.bytes.len() + len > limit {
+                                inbox.closed = true;
+                            } else {
+                                inbox.bytes.extend(data);
+                            }
+                            s.inbox.1.notify_one();
+                            inbox.closed
                         }
                         None => false,
                     };
@@ -434,7 +455,10 @@ impl FifoServer {
                     }
                 }
                 _ => {
-                    self.sessions.remove(&key);
+                    if let Some(s) = self.sessions.remove(&key) {
+                        lock(&s.inbox).closed = true;
+                        s.inbox.1.notify_one();
+                    }
                 }
             }
             at += HEADER + len;
@@ -458,20 +482,15 @@ impl FifoServer {
             Ok(m) if m.file_type().is_fifo() && m.uid() == getuid().as_raw() => {}
             _ => return None,
         }
-        let (to_session, from_listener) = mpsc::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let inbox = SharedInbox::default();
         self.sessions.insert(
             key,
             Session {
-                to_session,
-                queued: Arc::clone(&queued),
+                inbox: Arc::clone(&inbox),
             },
         );
         Some(Box::new(ServerSide {
-            rx: from_listener,
-            queued,
-            pending: Vec::new(),
-            at: 0,
+            inbox,
             tx,
             pid: Pid::from_raw(key.0 as i32),
             reply_path: path,
@@ -484,10 +503,7 @@ impl FifoServer {
 /// One client session as the server sees it: bytes forwarded by the
 /// listener in, the client's reply FIFO out.
 struct ServerSide {
-    rx: mpsc::Receiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    pending: Vec<u8>,
-    at: usize,
+    inbox: SharedInbox,
     tx: File,
     pid: Pid,
     reply_path: PathBuf,
@@ -501,7 +517,11 @@ const LIVENESS: Duration = Duration::from_millis(500);
 impl Read for ServerSide {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let deadline = Instant::now() + self.idle_timeout;
-        while self.at == self.pending.len() {
+        let mut inbox = lock(&self.inbox);
+        while inbox.bytes.is_empty() {
+            if inbox.closed {
+                return Ok(0); // BYE: end of stream
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(
@@ -509,27 +529,28 @@ impl Read for ServerSide {
                     "the client sent nothing",
                 ));
             }
-            match self.rx.recv_timeout(left.min(LIVENESS)) {
-                Ok(chunk) => {
-                    self.queued.fetch_sub(chunk.len(), Ordering::SeqCst);
-                    self.pending = chunk;
-                    self.at = 0;
-                }
-                // BYE, or the listener dropped the session.
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(0),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if kill(self.pid, None) == Err(Errno::ESRCH) {
-                        return Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            format!("client pid {} died", self.pid),
-                        ));
-                    }
-                }
+            let (guard, waited) = self
+                .inbox
+                .1
+                .wait_timeout(inbox, left.min(LIVENESS))
+                .unwrap_or_else(|p| p.into_inner());
+            inbox = guard;
+            if waited.timed_out()
+                && inbox.bytes.is_empty()
+                && kill(self.pid, None) == Err(Errno::ESRCH)
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("client pid {} died", self.pid),
+                ));
             }
         }
-        let n = buf.len().min(self.pending.len() - self.at);
-        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
-        self.at += n;
+        let n = buf.len().min(inbox.bytes.len());
+        let (front, back) = inbox.bytes.as_slices();
+        let k = n.min(front.len());
+        buf[..k].copy_from_slice(&front[..k]);
+        buf[k..n].copy_from_slice(&back[..n - k]);
+        inbox.bytes.drain(..n);
         Ok(n)
     }
 }
