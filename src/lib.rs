@@ -10,6 +10,7 @@ pub mod client;
 pub mod conn;
 pub mod demo;
 pub mod interrupt;
+pub mod limits;
 pub mod process;
 pub mod protocol;
 pub mod runtime;

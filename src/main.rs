@@ -43,6 +43,12 @@ enum Cmd {
     Bench(BenchArgs),
     /// Show a saved `bench --export-json` run again: tables, plot, or a comparison with another run
     Report(ReportArgs),
+    /// The kernel limits that shape each mechanism, read live from this machine
+    Limits {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -230,6 +236,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Report(a) => report(a),
+        Cmd::Limits { json } => limits(json),
     };
     match result {
         Ok(code) => code,
@@ -802,6 +809,21 @@ fn report(a: ReportArgs) -> Result<ExitCode> {
     if let Some(p) = &a.plot {
         ipclab::bench::plot::draw(&run, p)?;
         eprintln!("plot written to {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn limits(json: bool) -> Result<ExitCode> {
+    let all = ipclab::limits::read_all();
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for l in &all {
+        writeln!(out, "{}: {}", l.name, l.value)?;
+        writeln!(out, "    read from {}; affects {}", l.source, l.transports)?;
+        writeln!(out, "    when reached: {}", l.when_reached)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -295,3 +295,33 @@ fn socat_talks_to_our_servers() {
         }
     });
 }
+
+#[test]
+fn limits_are_read_live() {
+    watchdog(LIMIT, || {
+        let out = ipclab(&["limits"]);
+        assert!(out.status.success());
+        let s = text(&out.stdout);
+        let msgmax = std::fs::read_to_string("/proc/sys/kernel/msgmax").unwrap();
+        assert!(s.contains(&format!("msgmax: {}", msgmax.trim())), "{s}");
+        for name in [
+            "pipe capacity",
+            "PIPE_BUF",
+            "msgmnb",
+            "/dev/shm",
+            "RLIMIT_SIGPENDING",
+            "RLIMIT_NOFILE",
+            "somaxconn",
+        ] {
+            assert!(s.contains(name), "{name} missing from:\n{s}");
+        }
+        let json = ipclab(&["limits", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert!(
+            v.as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["when_reached"].as_str().is_some_and(|w| !w.is_empty()))
+        );
+    });
+}
