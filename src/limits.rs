@@ -61,8 +61,8 @@ fn pipe_capacity() -> String {
 fn dev_shm_size() -> String {
     match nix::sys::statvfs::statvfs("/dev/shm") {
         Ok(s) => {
-            let total = s.blocks() as u64 * s.fragment_size() as u64;
-            let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+            let total = s.blocks() * s.fragment_size();
+            let free = s.blocks_available() * s.fragment_size();
             format!(
                 "{} total, {} free",
                 crate::units::fmt_size(total as usize),
