@@ -173,6 +173,38 @@ impl Cell {
     }
 }
 
+/// A cell's figures as the tables show them: p50, p99, p99.9, RTT/s,
+/// MiB/s, CPU/RTT (the terminal and the Markdown table share them).
+fn figures(c: &Cell) -> [String; 6] {
+    [
+        ns(c.p50_ns as f64),
+        ns(c.p99_ns as f64),
+        ns(c.p999_ns as f64),
+        format!("{:.0}", c.rtt_per_s),
+        format!("{:.1}", c.mib_per_s),
+        ns(c.cpu_per_rtt_ns),
+    ]
+}
+
+fn terminal_row(name: &str, c: &Cell, last: &str) -> String {
+    let f = figures(c);
+    format!(
+        "{name:<8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {last:>8}",
+        f[0], f[1], f[2], f[3], f[4], f[5]
+    )
+}
+
+fn markdown_row(name: &str, c: &Cell, last: &str) -> String {
+    format!("| {name} | {} | {last} |", figures(c).join(" | "))
+}
+
+/// "1.21×": the ipclab transport's p50 over its raw baseline's.
+fn vs_raw(raw: &Cell, ours: Option<&Cell>) -> String {
+    ours.map_or("-".to_string(), |o| {
+        format!("{:.2}×", o.p50_ns as f64 / raw.p50_ns.max(1) as f64)
+    })
+}
+
 fn ns(v: f64) -> String {
     fmt_duration(Duration::from_nanos(v.max(0.0) as u64))
 }
@@ -260,15 +292,8 @@ impl Report {
                     let ratio = fastest.map_or(1.0, |f| c.p50_ns as f64 / f as f64);
                     writeln!(
                         out,
-                        "{:<8} {:>9} {:>9} {:>9} {:>10.0} {:>10.1} {:>9} {:>7.1}×",
-                        c.transport,
-                        ns(c.p50_ns as f64),
-                        ns(c.p99_ns as f64),
-                        ns(c.p999_ns as f64),
-                        c.rtt_per_s,
-                        c.mib_per_s,
-                        ns(c.cpu_per_rtt_ns),
-                        ratio
+                        "{}",
+                        terminal_row(&c.transport, c, &format!("{ratio:.1}×"))
                     )?;
                 }
                 let base = self.baselines(size, placement);
@@ -279,21 +304,7 @@ impl Report {
                     )?;
                 }
                 for (b, ours) in base {
-                    writeln!(
-                        out,
-                        "{:<8} {:>9} {:>9} {:>9} {:>10.0} {:>10.1} {:>9} {:>8}",
-                        b.transport,
-                        ns(b.p50_ns as f64),
-                        ns(b.p99_ns as f64),
-                        ns(b.p999_ns as f64),
-                        b.rtt_per_s,
-                        b.mib_per_s,
-                        ns(b.cpu_per_rtt_ns),
-                        ours.map_or("-".to_string(), |o| format!(
-                            "{:.2}×",
-                            o.p50_ns as f64 / b.p50_ns.max(1) as f64
-                        ))
-                    )?;
+                    writeln!(out, "{}", terminal_row(&b.transport, b, &vs_raw(b, ours)))?;
                 }
             }
         }
@@ -450,34 +461,19 @@ impl Report {
                         );
                         continue;
                     }
+                    let ratio = fastest.map_or(1.0, |f| c.p50_ns as f64 / f as f64);
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {} | {:.0} | {:.1} | {} | {:.1}× |",
-                        c.transport,
-                        ns(c.p50_ns as f64),
-                        ns(c.p99_ns as f64),
-                        ns(c.p999_ns as f64),
-                        c.rtt_per_s,
-                        c.mib_per_s,
-                        ns(c.cpu_per_rtt_ns),
-                        fastest.map_or(1.0, |f| c.p50_ns as f64 / f as f64)
+                        "{}",
+                        markdown_row(&c.transport, c, &format!("{ratio:.1}×"))
                     );
                 }
                 for (b, ours) in self.baselines(size, placement) {
+                    let name = format!("*{}* (reference)", b.transport);
                     let _ = writeln!(
                         s,
-                        "| *{}* (reference) | {} | {} | {} | {:.0} | {:.1} | {} | ipclab ÷ raw: {} |",
-                        b.transport,
-                        ns(b.p50_ns as f64),
-                        ns(b.p99_ns as f64),
-                        ns(b.p999_ns as f64),
-                        b.rtt_per_s,
-                        b.mib_per_s,
-                        ns(b.cpu_per_rtt_ns),
-                        ours.map_or("-".to_string(), |o| format!(
-                            "{:.2}×",
-                            o.p50_ns as f64 / b.p50_ns.max(1) as f64
-                        ))
+                        "{}",
+                        markdown_row(&name, b, &format!("ipclab ÷ raw: {}", vs_raw(b, ours)))
                     );
                 }
             }

@@ -381,15 +381,9 @@ impl MsgLink {
         )
     }
 
-    fn send_text(&mut self, n: usize) -> io::Result<usize> {
-        let q = &self.queue;
-        let msg = &self.sbuf[..MTYPE_LEN + n];
-        interrupt::bounded(
-            Instant::now() + self.write_timeout,
-            "waiting for room in the message queue (msgmnb is full)",
-            self.peer_check(),
-            || q.send_raw(msg, false),
-        )?;
+    /// Send the first `n` text bytes of the send buffer as one message.
+    fn send_text(&self, n: usize) -> io::Result<usize> {
+        self.send(&self.sbuf[..MTYPE_LEN + n])?;
         Ok(n)
     }
 }
