@@ -33,10 +33,10 @@
 //! reply that its own forgotten descriptor could in theory still send. The
 //! same reasoning makes the server see end of file when the client goes.
 //!
-//! `write` copies into the pipe buffer and wakes a reader blocked in `read`
-//! (here: in `poll`, which bounds the wait); a writer whose buffer is full
-//! waits until the reader drains it. A round trip is two writes, two reads
-//! and two polls, with four copies.
+//! `write` copies into the pipe buffer and wakes a reader blocked in `read`;
+//! a writer whose buffer is full waits until the reader drains it. A round
+//! trip is two writes and two reads (`strace -c` counts exactly that), with
+//! four copies.
 //!
 //! **Large messages and deadlock.** A 1 MiB echo is 16 times the pipe
 //! buffer. A naive server that echoes bytes as they arrive would start
@@ -179,8 +179,9 @@ fn describe_fd(fd: &OwnedFd) -> String {
 }
 
 /// A link over two file descriptors (pipes or FIFOs) with bounded waits:
-/// reads wait in `poll(2)`; the write end is made non-blocking when it is a
-/// pipe or FIFO, and a full pipe is waited out in `poll(2)` too.
+/// reads are plain blocking reads bounded by the wake-up signal
+/// ([`crate::interrupt::read`]); the write end is made non-blocking when it
+/// is a pipe or FIFO, and a full pipe is waited out in `poll(2)`.
 pub struct FdLink {
     rx: File,
     tx: File,
