@@ -21,6 +21,15 @@ use nix::sys::signal::{Signal, kill};
 /// How long one case may take before the watchdog fails it.
 const LIMIT: Duration = Duration::from_secs(90);
 
+/// The server process ends by itself within 5 s, with exit status 0.
+fn exits_cleanly(server: &mut ipclab::process::ServerProcess, why: &str) {
+    let status = server
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap_or_else(|| panic!("the server did not exit ({why})"));
+    assert!(status.success(), "{why}: exit status {status}");
+}
+
 fn run(transport: &'static str, case: fn(Env)) {
     watchdog(LIMIT, move || case(Env::new(transport)));
 }
@@ -131,11 +140,7 @@ pub fn oversized_frame(env: Env) {
     }
     if inherited {
         // A server with exactly one client exits when that session ends.
-        let status = server
-            .wait_timeout(Duration::from_secs(5))
-            .unwrap()
-            .expect("server exits");
-        assert!(status.success(), "{status}");
+        exits_cleanly(&mut server, "its one client is gone");
         return;
     }
     let mut c = env.client(&server, Form::Binary);
@@ -156,11 +161,7 @@ pub fn quit_then_next_client(env: Env) {
     drop(conn);
     if env.transport.capabilities().inherited {
         // Its one client has quit: the server exits, cleanly.
-        let status = server
-            .wait_timeout(Duration::from_secs(5))
-            .unwrap()
-            .expect("server exits");
-        assert!(status.success(), "{status}");
+        exits_cleanly(&mut server, "its one client is gone");
         return;
     }
     let mut next = env.client(&server, Form::Binary);
@@ -271,11 +272,7 @@ pub fn frozen_server_times_out(env: Env) {
     drop(c);
     if env.transport.capabilities().inherited {
         // Its one client is gone: the thawed server exits cleanly.
-        let status = server
-            .wait_timeout(Duration::from_secs(5))
-            .unwrap()
-            .expect("server exits");
-        assert!(status.success(), "{status}");
+        exits_cleanly(&mut server, "its one client is gone");
         return;
     }
     // Thawed, it serves the next client.
