@@ -7,10 +7,11 @@
 //! demo checks that its objects are gone.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
+use crate::inspect::{self, system};
 use crate::process::ServerProcess;
 use crate::protocol::{Form, Reply, Request};
 use crate::transport::{Config, Transport};
@@ -25,15 +26,22 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// Run the scripted session for `t`, writing the transcript to `out`.
-pub fn run(exe: &Path, t: &dyn Transport, base: &Config, out: &mut dyn Write) -> Outcome {
+/// Run the scripted session for `t`, writing the transcript to `out`; with
+/// `inspect`, pause at the midpoint to show both processes' kernel objects.
+pub fn run(
+    exe: &Path,
+    t: &dyn Transport,
+    base: &Config,
+    inspect: bool,
+    out: &mut dyn Write,
+) -> Outcome {
     let mut outcome = Outcome {
         transport: t.name(),
         ping: None,
         echo_64k: None,
         error: None,
     };
-    if let Err(e) = script(exe, t, base, out, &mut outcome) {
+    if let Err(e) = script(exe, t, base, inspect, out, &mut outcome) {
         let _ = writeln!(out, "   FAILED: {e}");
         outcome.error = Some(e.to_string());
     }
@@ -45,6 +53,7 @@ fn script(
     exe: &Path,
     t: &dyn Transport,
     base: &Config,
+    inspect: bool,
     out: &mut dyn Write,
     o: &mut Outcome,
 ) -> io::Result<()> {
@@ -101,6 +110,9 @@ fn script(
         &Request::Echo(&binary),
         format!("echo {} bytes: {}", binary.len(), hex(&binary)),
     )?;
+    if inspect {
+        show_inspection(t, &cfg, server.pid().as_raw(), out)?;
+    }
     o.echo_64k = Some(step(
         out,
         &mut c,
@@ -144,6 +156,116 @@ fn script(
     }
     writeln!(out, "its objects are gone and a new client is refused")?;
     Ok(())
+}
+
+/// The midpoint pause of `demo --inspect`: both processes' descriptors that
+/// belong to the session, the system-wide objects, and what they mean.
+fn show_inspection(
+    t: &dyn Transport,
+    cfg: &Config,
+    server: i32,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let client = std::process::id() as i32;
+    writeln!(
+        out,
+        "\n   -- paused mid-session: what the two processes hold (ipclab inspect {server} {client}) --"
+    )?;
+    let procs = inspect::inspect(&[server, client])?;
+    for (p, (role, peer)) in procs
+        .iter()
+        .zip([("server", client), ("client", server)])
+    {
+        let (shown, hidden): (Vec<_>, Vec<_>) = p
+            .descriptors
+            .iter()
+            .cloned()
+            .partition(|d| belongs_to_session(&d.object, cfg, p.pid, peer));
+        let view = inspect::Process {
+            descriptors: shown,
+            ..p.clone()
+        };
+        write!(out, "\n   {role} ")?;
+        let mut table = Vec::new();
+        inspect::render(&view, &mut table)?;
+        for line in String::from_utf8_lossy(&table).lines() {
+            writeln!(out, "   {line}")?;
+        }
+        if !hidden.is_empty() {
+            let fds: Vec<String> = hidden.iter().map(|d| d.fd.to_string()).collect();
+            writeln!(
+                out,
+                "     (not shown: fd {}: the terminal, /dev/null and descriptors not part of this session)",
+                fds.join(", ")
+            )?;
+        }
+    }
+    writeln!(out, "\n   system-wide objects of this server:")?;
+    let mut any = false;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&cfg.dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&cfg.name))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files.extend(t.external_objects(cfg));
+    for f in files.iter().filter(|f| f.exists()) {
+        writeln!(out, "     {}", system::ls_line(f))?;
+        any = true;
+    }
+    for (kind, key) in t.sysv_keys(cfg) {
+        for o in system::sysv_objects(kind).iter().filter(|o| o.key == key) {
+            writeln!(out, "     {} (/proc/sysvipc/{kind})", o.line())?;
+            any = true;
+        }
+    }
+    if !any {
+        writeln!(
+            out,
+            "     none: this mechanism exists only as the descriptors above"
+        )?;
+    }
+    writeln!(out, "\n{}\n", wrap(t.inspect_note(), 76, "   "))?;
+    writeln!(out, "   -- session continues --")?;
+    Ok(())
+}
+
+/// Is this descriptor part of the IPC session between `me` and `peer`
+/// (rather than a terminal, a log file or a pipe inherited from a shell)?
+fn belongs_to_session(o: &inspect::Object, cfg: &Config, me: i32, peer: i32) -> bool {
+    use inspect::Object;
+    let to_peer = |h: &[inspect::Holder]| h.iter().any(|h| h.pid == peer);
+    // A pipe shared with others (a terminal's, a shell's) is not the session's.
+    let only_us = |h: &[inspect::Holder]| to_peer(h) && h.iter().all(|h| h.pid == peer || h.pid == me);
+    let in_dir = |p: &str| Path::new(p).starts_with(&cfg.dir);
+    match o {
+        Object::Tcp { state, peer: h, .. } => state == "LISTEN" || to_peer(h),
+        Object::Unix { path, peer: h, .. } => path.as_deref().is_some_and(in_dir) || to_peer(h),
+        Object::Pipe { other_end, .. } => only_us(other_end),
+        Object::Fifo { path, .. } => in_dir(path),
+        Object::File { path, locks, .. } => !locks.is_empty() || in_dir(path),
+        Object::Udp { .. } | Object::AnonInode { .. } => true,
+        Object::Socket { .. } | Object::Other { .. } => false,
+    }
+}
+
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut lines = vec![String::from(indent)];
+    for word in text.split_whitespace() {
+        let last = lines.last_mut().unwrap();
+        if last.len() > indent.len() && last.len() + 1 + word.len() > width {
+            lines.push(format!("{indent}{word}"));
+        } else {
+            if last.len() > indent.len() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines.join("\n")
 }
 
 /// Files of this instance still in the runtime directory.

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod client;
 pub mod conn;
 pub mod demo;
+pub mod inspect;
 pub mod interrupt;
 pub mod limits;
 pub mod process;

@@ -43,12 +43,24 @@ enum Cmd {
     Bench(BenchArgs),
     /// Show a saved `bench --export-json` run again: tables, plot, or a comparison with another run
     Report(ReportArgs),
+    /// What processes hold: each descriptor resolved to its kernel object and peer
+    Inspect(InspectArgs),
     /// The kernel limits that shape each mechanism, read live from this machine
     Limits {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// Process ids (a server's pid is printed by `serve` and `demo`)
+    #[arg(required = true, value_name = "PID")]
+    pids: Vec<i32>,
+    /// Print JSON instead of tables
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -167,6 +179,9 @@ struct DemoArgs {
     /// Seconds any blocking wait may take before it is an error
     #[arg(long, default_value = "5", value_parser = parse_secs, value_name = "SECS")]
     timeout: Duration,
+    /// Pause mid-session and show what both processes hold (like `ipclab inspect`)
+    #[arg(long)]
+    inspect: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -236,6 +251,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Report(a) => report(a),
+        Cmd::Inspect(a) => inspect(a),
         Cmd::Limits { json } => limits(json),
     };
     match result {
@@ -492,7 +508,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     let mut out = io::stdout().lock();
     let outcomes: Vec<demo::Outcome> = targets
         .iter()
-        .map(|t| demo::run(&exe, *t, &cfg, &mut out))
+        .map(|t| demo::run(&exe, *t, &cfg, a.inspect, &mut out))
         .collect();
     if targets.len() > 1 {
         writeln!(
@@ -824,6 +840,22 @@ fn limits(json: bool) -> Result<ExitCode> {
         writeln!(out, "{}: {}", l.name, l.value)?;
         writeln!(out, "    read from {}; affects {}", l.source, l.transports)?;
         writeln!(out, "    when reached: {}", l.when_reached)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    let procs = ipclab::inspect::inspect(&a.pids)?;
+    let mut out = io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&procs)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (i, p) in procs.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        ipclab::inspect::render(p, &mut out)?;
     }
     Ok(ExitCode::SUCCESS)
 }

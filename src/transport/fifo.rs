@@ -117,6 +117,9 @@ impl Transport for Fifo {
     fn kernel_objects(&self) -> &'static str {
         "FIFO <dir>/<name>.fifo for requests; FIFO <dir>/<name>.<pid>-<n>.reply per client"
     }
+    fn inspect_note(&self) -> &'static str {
+        "The server holds the request FIFO <name>.fifo open for reading, and for writing too, so that its reads never see end-of-file between clients. The client holds the same FIFO (the same inode) for writing, and its own reply FIFO for reading while the server holds that one for writing. Unlike a pipe, a FIFO has a path (type p in ls -l), so unrelated processes can meet at it; the data still goes through a kernel pipe buffer and never touches the disk."
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             multi_client: true,

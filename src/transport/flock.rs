@@ -219,6 +219,9 @@ impl Transport for Flock {
     fn kernel_objects(&self) -> &'static str {
         "file <dir>/<name>.flock (mmap), OFD locks on it (see /proc/locks)"
     }
+    fn inspect_note(&self) -> &'static str {
+        "Both processes open the same file <name>.flock and map it (the shared file mapping); the payload travels through that mapping. The locks decide whose turn it is: they are OFD locks (open file description locks, pid -1 in /proc/locks, because they belong to the open file and not to a process), and whoever holds the write lock on a byte owns that step of the rotation."
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             multi_client: false,

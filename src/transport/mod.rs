@@ -217,6 +217,9 @@ pub trait Transport: Sync {
     fn description(&self) -> &'static str;
     /// The kernel objects it uses, for `ipclab list`.
     fn kernel_objects(&self) -> &'static str;
+    /// A paragraph for `ipclab demo --inspect`: what a student sees in the
+    /// inspection of both processes, and why.
+    fn inspect_note(&self) -> &'static str;
     /// What it can do.
     fn capabilities(&self) -> Capabilities;
     /// Create the kernel objects and start accepting clients.
@@ -228,6 +231,12 @@ pub trait Transport: Sync {
     /// runtime directory (a `/dev/shm` entry …), so the demo and the tests
     /// can check that they are gone after it stops.
     fn external_objects(&self, _cfg: &Config) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// The SysV objects a live server for `cfg` uses, as (`msg` | `sem` |
+    /// `shm`, key), so `demo --inspect` can show their `/proc/sysvipc` rows.
+    fn sysv_keys(&self, _cfg: &Config) -> Vec<(&'static str, i32)> {
         Vec::new()
     }
 }

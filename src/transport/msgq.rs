@@ -92,6 +92,16 @@ impl Transport for Msgq {
     fn kernel_objects(&self) -> &'static str {
         "a SysV message queue (ipcs -q), key = ftok(<dir>/<name>.msgq); the key file holds the server pid"
     }
+    fn sysv_keys(&self, cfg: &Config) -> Vec<(&'static str, i32)> {
+        let key_path = cfg.object_path(".msgq");
+        read_key_file(&key_path)
+            .and_then(|(_, project)| sysv::ftok(&key_path, project))
+            .map(|key| vec![("msg", key)])
+            .unwrap_or_default()
+    }
+    fn inspect_note(&self) -> &'static str {
+        "A SysV message queue is not held through a descriptor, so the descriptor tables show nothing of it: it is named by a key and listed by `ipcs -q` and /proc/sysvipc/msg (qnum messages and cbytes bytes waiting, lspid/lrpid the last sender and receiver). The key file in the runtime directory only derives that key with ftok(3) and records the server pid. The queue outlives every process until msgctl(IPC_RMID) removes it, which is why a SIGKILLed server leaves it behind and `ipclab clean` exists."
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             multi_client: true,

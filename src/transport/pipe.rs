@@ -96,6 +96,9 @@ impl Transport for Pipe {
     fn kernel_objects(&self) -> &'static str {
         "two pipes (pipe:[inode]), inherited by the server child as its stdin and stdout"
     }
+    fn inspect_note(&self) -> &'static str {
+        "The server was started with the read end of one pipe as its fd 0 and the write end of another as its fd 1; it moved them to other descriptors (and pointed 0 and 1 at /dev/null, so that nothing else writes into the reply pipe). The client holds the opposite ends: CONNECTED TO names the same pipe inode in both processes. A pipe has no name in any filesystem: only processes that inherit its descriptors across fork(2)/execve(2) can use it, which is why this transport has exactly one client, the parent. Between write(2) and read(2) the bytes wait in the pipe's kernel buffer (see `ipclab limits`)."
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             multi_client: false,

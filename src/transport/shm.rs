@@ -201,6 +201,9 @@ impl Transport for Shm {
     fn kernel_objects(&self) -> &'static str {
         "shared memory object /dev/shm/ipclab-<uid>-<hash>-<name>; semaphores live inside it"
     }
+    fn inspect_note(&self) -> &'static str {
+        "Both processes map the same /dev/shm object (POSIX shared memory: a file in a tmpfs). Their mappings name the same path with s (shared) in the permissions, and neither holds a socket or pipe for it: after shm_open(3) and mmap(2) the descriptor is no longer needed. The payload is copied into the mapping and out of it; the semaphores that say whose turn it is live inside the mapping (process-shared sem_t), so they appear nowhere else."
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             multi_client: false,

@@ -243,6 +243,9 @@ impl Transport for Signal {
     fn kernel_objects(&self) -> &'static str {
         "queued signals SIGRTMIN+1 (data) and SIGRTMIN+2 (control); pid file <dir>/<name>.signal.pid"
     }
+    fn inspect_note(&self) -> &'static str {
+        "Signals are not held through descriptors: look at the signals line. Both processes block the real-time signals they use (blocked) and take them with sigtimedwait(2) instead of a handler, so they are never delivered asynchronously; queued counts this user's queued signals against RLIMIT_SIGPENDING. The pid file is the transport's only file: it tells the client which process to sigqueue(3) to."
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             multi_client: false,

@@ -66,6 +66,9 @@ impl Transport for Tcp {
     fn kernel_objects(&self) -> &'static str {
         "a listening TCP socket on --addr (127.0.0.1:8008); one connection per client"
     }
+    fn inspect_note(&self) -> &'static str {
+        "This is the classic lsof exercise. The server holds the listening socket (LISTEN on 127.0.0.1 and its port) and the socket accept(2) returned for this client; the client's socket mirrors that one, with the local and remote addresses swapped, so the client's ephemeral port is the accepted socket's remote port. Over loopback the packets never reach a network card, but they still go through the whole TCP/IP stack: segments, acknowledgements and a socket buffer on each side."
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             multi_client: true,

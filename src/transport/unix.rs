@@ -72,6 +72,9 @@ impl Transport for Unix {
     fn kernel_objects(&self) -> &'static str {
         "socket file <dir>/<name>.sock; a listening socket and one connected pair per client"
     }
+    fn inspect_note(&self) -> &'static str {
+        "The server holds the listening socket bound to <name>.sock (a file of type s in ls -l, though no data ever touches the disk) and one accepted socket per client. The client's socket is the accepted socket's peer: the kernel reports it through sock_diag(7), as `ss -xp` does. Data goes from the sender's buffer straight into the receiver's socket queue: one copy in, one copy out."
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             multi_client: true,
