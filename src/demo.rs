@@ -172,10 +172,7 @@ fn show_inspection(
         "\n   -- paused mid-session: what the two processes hold (ipclab inspect {server} {client}) --"
     )?;
     let procs = inspect::inspect(&[server, client])?;
-    for (p, (role, peer)) in procs
-        .iter()
-        .zip([("server", client), ("client", server)])
-    {
+    for (p, (role, peer)) in procs.iter().zip([("server", client), ("client", server)]) {
         let (shown, hidden): (Vec<_>, Vec<_>) = p
             .descriptors
             .iter()
@@ -239,7 +236,8 @@ fn belongs_to_session(o: &inspect::Object, cfg: &Config, me: i32, peer: i32) -> 
     use inspect::Object;
     let to_peer = |h: &[inspect::Holder]| h.iter().any(|h| h.pid == peer);
     // A pipe shared with others (a terminal's, a shell's) is not the session's.
-    let only_us = |h: &[inspect::Holder]| to_peer(h) && h.iter().all(|h| h.pid == peer || h.pid == me);
+    let only_us =
+        |h: &[inspect::Holder]| to_peer(h) && h.iter().all(|h| h.pid == peer || h.pid == me);
     let in_dir = |p: &str| Path::new(p).starts_with(&cfg.dir);
     match o {
         Object::Tcp { state, peer: h, .. } => state == "LISTEN" || to_peer(h),

@@ -94,7 +94,9 @@ pub enum Object {
         note: Option<String>,
     },
     /// A socket of another family (netlink …) or one not in the tables.
-    Socket { inode: u64 },
+    Socket {
+        inode: u64,
+    },
     Pipe {
         inode: u64,
         other_end: Vec<Holder>,
@@ -191,7 +193,12 @@ pub fn inspect(pids: &[i32]) -> io::Result<Vec<Process>> {
         .collect()
 }
 
-fn inspect_one(pid: i32, t: &Tables, index: &HolderIndex, locks: &[FileLock]) -> io::Result<Process> {
+fn inspect_one(
+    pid: i32,
+    t: &Tables,
+    index: &HolderIndex,
+    locks: &[FileLock],
+) -> io::Result<Process> {
     let dir = format!("/proc/{pid}/fd");
     let entries = fs::read_dir(&dir).map_err(|e| {
         let why = match e.kind() {

@@ -46,7 +46,11 @@ impl Tables {
             let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{proto}")) else {
                 continue;
             };
-            for s in text.lines().skip(1).filter_map(|l| parse_inet_line(proto, l)) {
+            for s in text
+                .lines()
+                .skip(1)
+                .filter_map(|l| parse_inet_line(proto, l))
+            {
                 t.inet.insert(s.inode, s);
             }
         }
@@ -368,11 +372,7 @@ mod tests {
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         let t = Tables::read(std::process::id() as i32);
-        let ino = |fd: i32| {
-            fs::metadata(format!("/proc/self/fd/{fd}"))
-                .unwrap()
-                .ino()
-        };
+        let ino = |fd: i32| fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
         let cs = &t.inet[&ino(c.as_raw_fd())];
         assert_eq!(cs.state, "ESTABLISHED");
         assert_eq!(t.inet_peer(cs).unwrap().inode, ino(s.as_raw_fd()));

@@ -42,15 +42,9 @@ pub fn sysv_objects(kind: &str) -> Vec<SysvObject> {
     };
     lines
         .filter_map(|l| {
-            let row: HashMap<&str, &str> = names
-                .iter()
-                .copied()
-                .zip(l.split_whitespace())
-                .collect();
-            let id = row
-                .get("msqid")
-                .or(row.get("semid"))
-                .or(row.get("shmid"))?;
+            let row: HashMap<&str, &str> =
+                names.iter().copied().zip(l.split_whitespace()).collect();
+            let id = row.get("msqid").or(row.get("semid")).or(row.get("shmid"))?;
             Some(SysvObject {
                 kind: kind.into(),
                 key: row.get("key")?.parse().ok()?,
@@ -74,7 +68,11 @@ impl SysvObject {
             "sem" => "semaphore set",
             _ => "shared memory segment",
         };
-        let d: Vec<String> = self.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let d: Vec<String> = self
+            .details
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         format!(
             "SysV {what} key 0x{:08x} id {} mode {} uid {} {}",
             self.key,
