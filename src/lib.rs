@@ -6,6 +6,7 @@
 //! ([`process`]). The `ipclab` binary puts a command line on top.
 
 pub mod bench;
+pub mod clean;
 pub mod client;
 pub mod conn;
 pub mod demo;

@@ -1,7 +1,7 @@
 //! The `ipclab` command line: list, serve, client, demo.
 
 use std::fs::File;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,12 +45,27 @@ enum Cmd {
     Report(ReportArgs),
     /// What processes hold: each descriptor resolved to its kernel object and peer
     Inspect(InspectArgs),
+    /// Find (and with --force remove) what servers killed with SIGKILL left behind
+    Clean(CleanArgs),
     /// The kernel limits that shape each mechanism, read live from this machine
     Limits {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct CleanArgs {
+    /// Runtime directory to clean [default: $XDG_RUNTIME_DIR/ipclab, or /tmp/ipclab-<uid>]
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Remove the stale objects without asking
+    #[arg(long, short)]
+    force: bool,
+    /// Print what was found as JSON (removes nothing unless --force)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -252,6 +267,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench(a),
         Cmd::Report(a) => report(a),
         Cmd::Inspect(a) => inspect(a),
+        Cmd::Clean(a) => clean(a),
         Cmd::Limits { json } => limits(json),
     };
     match result {
@@ -858,4 +874,84 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
         ipclab::inspect::render(p, &mut out)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn clean(a: CleanArgs) -> Result<ExitCode> {
+    use ipclab::clean::{self, Verdict};
+    let dir = a.dir.unwrap_or_else(runtime::default_dir);
+    let mut found = clean::survey(&dir);
+    let mut out = io::stdout().lock();
+    let stale = found.iter().filter(|l| l.removable()).count();
+    let remove = if a.force {
+        true
+    } else if !a.json && stale > 0 && io::stdin().is_terminal() && io::stderr().is_terminal() {
+        for l in &found {
+            writeln!(
+                out,
+                "{:<7} {:<6} {}  ({})",
+                l.verdict, l.transport, l.object, l.why
+            )?;
+        }
+        eprint!("Remove the {stale} stale object(s)? [y/N] ");
+        let mut answer = String::new();
+        io::stdin().lock().read_line(&mut answer)?;
+        matches!(answer.trim(), "y" | "Y" | "yes")
+    } else {
+        false
+    };
+    let mut failed = 0;
+    let mut removed = 0;
+    let mut results = Vec::new();
+    for l in found.iter_mut() {
+        let result = if remove && l.removable() {
+            match l.remove() {
+                Ok(()) => {
+                    removed += 1;
+                    "removed".to_string()
+                }
+                Err(e) => {
+                    failed += 1;
+                    format!("NOT removed: {e}")
+                }
+            }
+        } else if l.verdict == Verdict::Stale {
+            "stale".to_string()
+        } else {
+            "left alone".to_string()
+        };
+        results.push(result);
+    }
+    if a.json {
+        let rows: Vec<serde_json::Value> = found
+            .iter()
+            .zip(&results)
+            .map(|(l, r)| {
+                let mut v = serde_json::to_value(l).unwrap_or_default();
+                v["result"] = r.clone().into();
+                v
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+    } else {
+        if found.is_empty() {
+            writeln!(out, "nothing left behind in {}", dir.display())?;
+        }
+        for (l, r) in found.iter().zip(&results) {
+            writeln!(out, "{:<7} {:<6} {}", l.verdict, l.transport, l.object)?;
+            writeln!(out, "               {}; {r}", l.why)?;
+        }
+        if stale > 0 && !remove {
+            writeln!(
+                out,
+                "{stale} stale object(s); run `ipclab clean --force` to remove them"
+            )?;
+        } else if remove {
+            writeln!(out, "removed {removed} stale object(s)")?;
+        }
+    }
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

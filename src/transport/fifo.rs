@@ -94,6 +94,8 @@ use nix::unistd::{Pid, getuid, mkfifo};
 
 use super::pipe::{read_within, write_within};
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use crate::clean::{self, Leftover};
+use crate::interrupt::pid_alive;
 use crate::runtime::{self, CreatedPath};
 
 /// `PIPE_BUF` on Linux: writes up to this size are atomic.
@@ -119,6 +121,49 @@ impl Transport for Fifo {
     }
     fn inspect_note(&self) -> &'static str {
         "The server holds the request FIFO <name>.fifo open for reading, and for writing too, so that its reads never see end-of-file between clients. The client holds the same FIFO (the same inode) for writing, and its own reply FIFO for reading while the server holds that one for writing. Unlike a pipe, a FIFO has a path (type p in ls -l), so unrelated processes can meet at it; the data still goes through a kernel pipe buffer and never touches the disk."
+    }
+    fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
+        let mut found: Vec<Leftover> = clean::files_with_suffix(dir, ".fifo")
+            .into_iter()
+            .map(|(_, path)| {
+                Leftover::judge_file(
+                    "fifo",
+                    "FIFO",
+                    &path,
+                    |t| t.is_fifo(),
+                    || match open(
+                        &path,
+                        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                        Mode::empty(),
+                    ) {
+                        Ok(_) => Ok(Ok("a server reads it".into())),
+                        Err(Errno::ENXIO) => {
+                            Ok(Err("nobody reads it: its server was killed".into()))
+                        }
+                        Err(e) => Err(e.into()),
+                    },
+                )
+            })
+            .collect();
+        // <name>.<pid>-<conn>.reply: a client's reply FIFO.
+        for (instance, path) in clean::files_with_suffix(dir, ".reply") {
+            let pid = instance
+                .rsplit_once('.')
+                .and_then(|(_, pc)| pc.split_once('-'))
+                .and_then(|(p, _)| p.parse::<i32>().ok());
+            found.push(Leftover::judge_file(
+                "fifo",
+                "reply FIFO",
+                &path,
+                |t| t.is_fifo(),
+                || match pid {
+                    Some(p) if pid_alive(p) => Ok(Ok(format!("its client, pid {p}, is running"))),
+                    Some(p) => Ok(Err(format!("its client, pid {p}, is gone"))),
+                    None => Err(io::Error::other("no client pid in its name")),
+                },
+            ));
+        }
+        found
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {

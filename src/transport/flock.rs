@@ -90,6 +90,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use crate::clean::{self, Leftover};
 use crate::interrupt;
 use crate::runtime::{self, CreatedPath};
 
@@ -221,6 +222,33 @@ impl Transport for Flock {
     }
     fn inspect_note(&self) -> &'static str {
         "Both processes open the same file <name>.flock and map it (the shared file mapping); the payload travels through that mapping. The locks decide whose turn it is: they are OFD locks (open file description locks, pid -1 in /proc/locks, because they belong to the open file and not to a process), and whoever holds the write lock on a byte owns that step of the rotation."
+    }
+    fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
+        clean::files_with_suffix(dir, ".flock")
+            .into_iter()
+            .map(|(_, path)| {
+                Leftover::judge_file(
+                    "flock",
+                    "data file",
+                    &path,
+                    |t| t.is_file(),
+                    || {
+                        let file = fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                            .open(&path)?;
+                        // Asking (F_OFD_GETLK) does not take the lock, so a
+                        // server starting now is not disturbed.
+                        Ok(if held_by_other(&file, V) {
+                            Ok("a server holds its presence lock".into())
+                        } else {
+                            Err("nobody holds its presence lock: its server was killed".into())
+                        })
+                    },
+                )
+            })
+            .collect()
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {

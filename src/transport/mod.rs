@@ -45,7 +45,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::protocol::DEFAULT_MAX_FRAME;
@@ -231,6 +231,14 @@ pub trait Transport: Sync {
     /// runtime directory (a `/dev/shm` entry …), so the demo and the tests
     /// can check that they are gone after it stops.
     fn external_objects(&self, _cfg: &Config) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// `ipclab clean`: the objects servers of this transport left in `dir`
+    /// (or elsewhere, under names derived from `dir`), each judged stale,
+    /// live or foreign by the test its server uses at start-up. A transport
+    /// whose objects die with their descriptors (pipe, tcp) leaves nothing.
+    fn leftovers(&self, _dir: &Path) -> Vec<crate::clean::Leftover> {
         Vec::new()
     }
 

@@ -72,6 +72,7 @@ use nix::errno::Errno;
 use nix::unistd::getuid;
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use crate::clean::{self, Leftover};
 use crate::interrupt::{self, pid_alive};
 use crate::runtime::{self, CreatedPath};
 use crate::sysv::{self, MTYPE_LEN, MsgQueue};
@@ -101,6 +102,46 @@ impl Transport for Msgq {
     }
     fn inspect_note(&self) -> &'static str {
         "A SysV message queue is not held through a descriptor, so the descriptor tables show nothing of it: it is named by a key and listed by `ipcs -q` and /proc/sysvipc/msg (qnum messages and cbytes bytes waiting, lspid/lrpid the last sender and receiver). The key file in the runtime directory only derives that key with ftok(3) and records the server pid. The queue outlives every process until msgctl(IPC_RMID) removes it, which is why a SIGKILLed server leaves it behind and `ipclab clean` exists."
+    }
+    fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
+        let mut found = Vec::new();
+        for (_, path) in clean::files_with_suffix(dir, ".msgq") {
+            let recorded = read_key_file(&path);
+            let file = Leftover::judge_file(
+                "msgq",
+                "key file",
+                &path,
+                |t| t.is_file(),
+                || {
+                    let (pid, _) = read_key_file(&path)?;
+                    Ok(if pid_alive(pid) {
+                        Ok(format!("its server, pid {pid}, is running"))
+                    } else {
+                        Err(format!("its server, pid {pid}, is gone"))
+                    })
+                },
+            );
+            // The queue goes first: its key is derived from the file.
+            if file.removable()
+                && let Ok((pid, project)) = recorded
+                && let Ok(key) = sysv::ftok(&path, project)
+                && let Ok(q) = MsgQueue::open(key)
+                && q.stat()
+                    .is_ok_and(|ds| ds.msg_perm.uid == getuid().as_raw())
+            {
+                found.push(Leftover::stale(
+                    "msgq",
+                    format!("SysV message queue key 0x{key:08x} id {}", q.id()),
+                    format!(
+                        "its server, pid {pid}, is gone (key from {})",
+                        path.display()
+                    ),
+                    move || q.remove(),
+                ));
+            }
+            found.push(file);
+        }
+        found
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {

@@ -85,7 +85,7 @@ use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::size_of;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -98,6 +98,7 @@ use nix::sys::stat::{Mode, fchmod};
 use nix::unistd::{ftruncate, getuid};
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use crate::clean::Leftover;
 use crate::interrupt::pid_alive;
 use crate::runtime::{self, CreatedPath};
 use crate::sem::{SemCell, SharedSem};
@@ -183,12 +184,47 @@ pub struct Shm;
 /// `/ipclab-<uid>-<hash of the runtime dir>-<name>`: unique per server,
 /// derived from the runtime directory, and recognisable by `ipclab clean`.
 pub fn shm_name(cfg: &Config) -> String {
+    format!("{}{}", shm_prefix(&cfg.dir), cfg.name)
+}
+
+/// `/ipclab-<uid>-<hash of dir>-`: the names of every server of `dir`.
+fn shm_prefix(dir: &Path) -> String {
     // FNV-1a: small, stable across runs and versions.
     let mut h: u32 = 0x811c_9dc5;
-    for b in cfg.dir.as_os_str().as_encoded_bytes() {
+    for b in dir.as_os_str().as_encoded_bytes() {
         h = (h ^ *b as u32).wrapping_mul(0x0100_0193);
     }
-    format!("/ipclab-{}-{h:08x}-{}", getuid(), cfg.name)
+    format!("/ipclab-{}-{h:08x}-", getuid())
+}
+
+/// For `clean`: is the region `name` (at `path`) a live server's?
+fn judge_region(name: &str, path: &Path) -> io::Result<Result<String, String>> {
+    let fd = shm_open(name, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+    match map_existing(fd, name) {
+        Ok(region) => {
+            let h = region.header();
+            let pid = h.server_pid.load(Ordering::SeqCst);
+            Ok(if pid_alive(pid) && h.closed.load(Ordering::SeqCst) == 0 {
+                Ok(format!("its server, pid {pid}, is running"))
+            } else {
+                Err(format!("its server, pid {pid}, is gone"))
+            })
+        }
+        // A server killed between creating and initialising the region
+        // leaves it without a header; one that is being created right now
+        // looks the same for a moment, so only an old one is stale.
+        Err(e) => {
+            let age = std::fs::metadata(path)?
+                .modified()?
+                .elapsed()
+                .unwrap_or_default();
+            Ok(if age < Duration::from_secs(10) {
+                Ok(format!("{e}, but it is new: a server may be creating it"))
+            } else {
+                Err(format!("{e}: its server died while creating it"))
+            })
+        }
+    }
 }
 
 impl Transport for Shm {
@@ -203,6 +239,30 @@ impl Transport for Shm {
     }
     fn inspect_note(&self) -> &'static str {
         "Both processes map the same /dev/shm object (POSIX shared memory: a file in a tmpfs). Their mappings name the same path with s (shared) in the permissions, and neither holds a socket or pipe for it: after shm_open(3) and mmap(2) the descriptor is no longer needed. The payload is copied into the mapping and out of it; the semaphores that say whose turn it is live inside the mapping (process-shared sem_t), so they appear nowhere else."
+    }
+    fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
+        let prefix = shm_prefix(dir);
+        let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix[1..]))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let path = PathBuf::from(format!("/dev/shm/{n}"));
+                Leftover::judge_file(
+                    "shm",
+                    "POSIX shm object",
+                    &path,
+                    |t| t.is_file(),
+                    || judge_region(&format!("/{n}"), &path),
+                )
+            })
+            .collect()
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {

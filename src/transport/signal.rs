@@ -68,7 +68,7 @@
 //! signal 0; see `signal(7)` ("Real-time signals").
 
 use std::io::{self, IoSlice, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -76,6 +76,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use crate::clean::{self, Leftover};
 use crate::interrupt::pid_alive;
 use crate::runtime::{self, CreatedPath};
 
@@ -245,6 +246,27 @@ impl Transport for Signal {
     }
     fn inspect_note(&self) -> &'static str {
         "Signals are not held through descriptors: look at the signals line. Both processes block the real-time signals they use (blocked) and take them with sigtimedwait(2) instead of a handler, so they are never delivered asynchronously; queued counts this user's queued signals against RLIMIT_SIGPENDING. The pid file is the transport's only file: it tells the client which process to sigqueue(3) to."
+    }
+    fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
+        clean::files_with_suffix(dir, ".signal.pid")
+            .into_iter()
+            .map(|(_, path)| {
+                Leftover::judge_file(
+                    "signal",
+                    "pid file",
+                    &path,
+                    |t| t.is_file(),
+                    || {
+                        let pid = runtime::read_pid_file(&path)?;
+                        Ok(if pid_alive(pid) {
+                            Ok(format!("its server, pid {pid}, is running"))
+                        } else {
+                            Err(format!("its server, pid {pid}, is gone"))
+                        })
+                    },
+                )
+            })
+            .collect()
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {

@@ -57,6 +57,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport, WatchedReads};
+use crate::clean::{self, Leftover};
 use crate::runtime::{self, CreatedPath};
 
 /// The UNIX domain stream socket transport.
@@ -74,6 +75,29 @@ impl Transport for Unix {
     }
     fn inspect_note(&self) -> &'static str {
         "The server holds the listening socket bound to <name>.sock (a file of type s in ls -l, though no data ever touches the disk) and one accepted socket per client. The client's socket is the accepted socket's peer: the kernel reports it through sock_diag(7), as `ss -xp` does. Data goes from the sender's buffer straight into the receiver's socket queue: one copy in, one copy out."
+    }
+    fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
+        clean::files_with_suffix(dir, ".sock")
+            .into_iter()
+            .map(|(_, path)| {
+                Leftover::judge_file(
+                    "unix",
+                    "socket file",
+                    &path,
+                    |t| t.is_socket(),
+                    || match connect_with_timeout(&path, Duration::from_secs(1)) {
+                        Ok(_) => Ok(Ok("a server accepts connections on it".into())),
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                            Ok(Err("nobody listens on it: its server was killed".into()))
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            Ok(Ok("a server holds it but does not accept (stopped?)".into()))
+                        }
+                        Err(e) => Err(e),
+                    },
+                )
+            })
+            .collect()
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
