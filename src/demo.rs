@@ -245,7 +245,7 @@ fn belongs_to_session(o: &inspect::Object, cfg: &Config, me: i32, peer: i32) -> 
         Object::Pipe { other_end, .. } => only_us(other_end),
         Object::Fifo { path, .. } => in_dir(path),
         Object::File { path, locks, .. } => !locks.is_empty() || in_dir(path),
-        Object::Udp { .. } | Object::AnonInode { .. } => true,
+        Object::MessageQueue { .. } | Object::Udp { .. } | Object::AnonInode { .. } => true,
         Object::Socket { .. } | Object::Other { .. } => false,
     }
 }

@@ -466,6 +466,7 @@ macro_rules! conformance {
 conformance!(pipe);
 conformance!(fifo);
 conformance!(msgq);
+conformance!(posix_mq => "posix-mq");
 conformance!(shm);
 conformance!(signal);
 conformance!(flock);

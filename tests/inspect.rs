@@ -258,6 +258,7 @@ fn demo_inspect_shows_each_transports_objects() {
         ("pipe", " pipe "),
         ("fifo", " fifo "),
         ("msgq", "SysV message queue key"),
+        ("posix-mq", "posix mqueue"),
         ("shm", "POSIX shm"),
         ("signal", "blocked SIGRT"),
         ("flock", "OFDLCK WRITE"),

@@ -99,6 +99,10 @@ pub fn ls_line(path: &Path) -> String {
         ('d', "directory")
     } else if ft.is_symlink() {
         ('l', "symbolic link")
+    } else if path.starts_with("/dev/mqueue") {
+        ('-', "POSIX message queue")
+    } else if path.starts_with("/dev/shm") {
+        ('-', "POSIX shared memory")
     } else {
         ('-', "regular file")
     };

@@ -55,6 +55,7 @@ pub mod fifo;
 pub mod flock;
 pub mod msgq;
 pub mod pipe;
+pub mod posixmq;
 pub mod shm;
 pub mod signal;
 pub mod tcp;
@@ -262,6 +263,7 @@ pub fn all() -> &'static [&'static dyn Transport] {
         &pipe::Pipe,
         &fifo::Fifo,
         &msgq::Msgq,
+        &posixmq::PosixMq,
         &shm::Shm,
         &signal::Signal,
         &flock::Flock,
