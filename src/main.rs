@@ -888,7 +888,7 @@ fn clean(a: CleanArgs) -> Result<ExitCode> {
         for l in &found {
             writeln!(
                 out,
-                "{:<7} {:<6} {}  ({})",
+                "{:<7} {:<8} {}  ({})",
                 l.verdict, l.transport, l.object, l.why
             )?;
         }
@@ -937,8 +937,8 @@ fn clean(a: CleanArgs) -> Result<ExitCode> {
             writeln!(out, "nothing left behind in {}", dir.display())?;
         }
         for (l, r) in found.iter().zip(&results) {
-            writeln!(out, "{:<7} {:<6} {}", l.verdict, l.transport, l.object)?;
-            writeln!(out, "               {}; {r}", l.why)?;
+            writeln!(out, "{:<7} {:<8} {}", l.verdict, l.transport, l.object)?;
+            writeln!(out, "                 {}; {r}", l.why)?;
         }
         if stale > 0 && !remove {
             writeln!(
