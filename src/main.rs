@@ -85,8 +85,8 @@ struct ReportArgs {
     /// Compare with this earlier run (before → after, per transport and size)
     #[arg(long, value_name = "BEFORE.json")]
     against: Option<PathBuf>,
-    /// Draw the run as `bench --plot` does
-    #[arg(long, value_name = "FILE.svg")]
+    /// Draw the run as `bench --plot` does (SVG or PNG)
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
     plot: Option<PathBuf>,
 }
 
@@ -252,8 +252,8 @@ struct BenchArgs {
     /// Skip the raw-syscall reference rows (raw-pipe, raw-unix, raw-tcp)
     #[arg(long)]
     no_baselines: bool,
-    /// Draw p50 (with a p99 whisker) against payload size, log-log, as SVG
-    #[arg(long, value_name = "FILE.svg")]
+    /// Draw p50 (with a p99 whisker) against payload size, log-log, as SVG or PNG
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
     plot: Option<PathBuf>,
 }
 
@@ -575,13 +575,8 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     if a.sizes.is_empty() {
         bail!("--sizes names no size");
     }
-    if let Some(p) = &a.plot
-        && !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"))
-    {
-        bail!(
-            "--plot writes SVG: name the file *.svg (got '{}')",
-            p.display()
-        );
+    if let Some(p) = &a.plot {
+        ipclab::bench::plot::check_path(p)?;
     }
     let placements = match a.placement {
         PlacementArg::SameCore => vec![Placement::SameCore],

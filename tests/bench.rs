@@ -146,7 +146,7 @@ fn json_to_stdout_keeps_stdout_clean() {
 }
 
 #[test]
-fn plot_is_an_svg_with_every_transport() {
+fn plot_is_an_svg_or_png_with_every_transport() {
     watchdog(Duration::from_secs(60), || {
         let dir = tempfile::tempdir().unwrap();
         let svg = dir.path().join("p.svg");
@@ -165,6 +165,8 @@ fn plot_is_an_svg_with_every_transport() {
             .arg(dir.path().join("run"))
             .arg("--plot")
             .arg(&svg)
+            .arg("--export-json")
+            .arg(dir.path().join("run.json"))
             .output()
             .unwrap();
         assert!(
@@ -186,13 +188,32 @@ fn plot_is_an_svg_with_every_transport() {
             assert!(text.contains(label), "the plot lacks {label:?}");
         }
 
+        // The same run as PNG, drawn again from the saved JSON.
+        let png = dir.path().join("p.png");
+        let out = Command::new(exe())
+            .arg("report")
+            .arg(dir.path().join("run.json"))
+            .arg("--plot")
+            .arg(&png)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+        let dim = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+        assert_eq!((dim(16), dim(20)), (2560, 1360), "2× the SVG's 1280 × 680");
+
         let bad = Command::new(exe())
             .args(["bench", "unix", "--plot"])
-            .arg(dir.path().join("p.png"))
+            .arg(dir.path().join("p.gif"))
             .output()
             .unwrap();
         assert_eq!(bad.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&bad.stderr).contains("--plot writes SVG"));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("--plot writes SVG or PNG"));
     });
 }
 

@@ -1,4 +1,4 @@
-//! `--plot FILE.svg`: p50 round trip against payload size, log-log, one
+//! `--plot FILE.svg` (or `.png`): p50 round trip against payload size, log-log, one
 //! line per transport with a p99 whisker at each point, the raw baselines
 //! thin, and the floors as dashed lines; one panel per placement.
 
@@ -18,23 +18,77 @@ fn fmt_us(v: f64) -> String {
     crate::units::fmt_duration(std::time::Duration::from_nanos((v * 1000.0) as u64))
 }
 
-/// Draw `report` into `path` (SVG).
+/// Draw `report` into `path`: SVG, or PNG (the same SVG, rasterised at
+/// twice its size with an embedded font, so no system font is needed).
 pub fn draw(report: &Report, path: &Path) -> io::Result<()> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if !ext.eq_ignore_ascii_case("svg") {
+    let ext = check_path(path)?;
+    let svg = svg_string(report)?;
+    if ext == "svg" {
+        std::fs::write(path, svg)
+    } else {
+        std::fs::write(path, rasterise(&svg)?)
+    }
+    .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+}
+
+/// The format `path` asks for (`svg` or `png`), or an error that says which
+/// names are understood; checked before a run, not after it.
+pub fn check_path(path: &Path) -> io::Result<String> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ext != "svg" && ext != "png" {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "--plot writes SVG: name the file *.svg (got '{}')",
+                "--plot writes SVG or PNG: name the file *.svg or *.png (got '{}')",
                 path.display()
             ),
         ));
     }
+    Ok(ext)
+}
+
+/// The plot as an SVG document.
+pub fn svg_string(report: &Report) -> io::Result<String> {
     let placements = report.environment.placements.clone();
     let panels = placements.len().max(1) as u32;
-    let root = SVGBackend::new(path, (1280, 680 * panels)).into_drawing_area();
-    draw_on(report, &placements, root)
-        .map_err(|e| io::Error::other(format!("drawing {}: {e}", path.display())))
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1280, 680 * panels)).into_drawing_area();
+        draw_on(report, &placements, root)
+            .map_err(|e| io::Error::other(format!("drawing the plot: {e}")))?;
+    }
+    Ok(svg)
+}
+
+/// Render an SVG document to PNG bytes at 2× (sharp on high-density screens).
+fn rasterise(svg: &str) -> io::Result<Vec<u8>> {
+    use resvg::{tiny_skia, usvg};
+    let mut opt = usvg::Options::default();
+    let fonts = opt.fontdb_mut();
+    fonts.load_font_data(dejavu::sans::regular().to_vec());
+    fonts.set_sans_serif_family("DejaVu Sans");
+    let tree = usvg::Tree::from_str(svg, &opt)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the plot's SVG: {e}")))?;
+    let scale = 2.0;
+    let size = tree
+        .size()
+        .to_int_size()
+        .scale_by(scale)
+        .ok_or_else(|| io::Error::other("the plot is too large to rasterise"))?;
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| io::Error::other("the plot is too large to rasterise"))?;
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    pixmap
+        .encode_png()
+        .map_err(|e| io::Error::other(format!("encoding the PNG: {e}")))
 }
 
 fn draw_on<DB: DrawingBackend>(
