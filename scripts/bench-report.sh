@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Turn saved `ipclab bench --export-json` runs into a plot or a comparison.
 #
-#   scripts/bench-report.sh plot RUN.json OUT.svg        the same plot as `bench --plot`
+#   scripts/bench-report.sh plot RUN.json OUT.svg|.png   the same plot as `bench --plot`
 #   scripts/bench-report.sh compare BEFORE.json AFTER.json   p50 before → after, per transport and size
 #   scripts/bench-report.sh show RUN.json                the tables and summary again
 #
