@@ -660,15 +660,11 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     for &placement in &placements {
         for &t in &transports {
             bar.set_message(format!("{} ({placement})", t.name()));
-            let results = bench::run_transport(&plan, t, placement, |_| bar.inc(1));
+            // A transport and its raw baseline are measured in turns, so
+            // that drift of the machine does not fall between the two.
+            let kind = baselines.iter().copied().find(|k| k.transport() == t.name());
+            let results = bench::run_transport(&plan, t, placement, kind, |_| bar.inc(1));
             report.results.extend(results);
-            // A transport's raw baseline right after it, so that drift of
-            // the machine between the two stays small.
-            if let Some(&kind) = baselines.iter().find(|k| k.transport() == t.name()) {
-                bar.set_message(format!("{} ({placement})", kind.name()));
-                let results = bench::run_baseline(&plan, kind, placement, |_| bar.inc(1));
-                report.results.extend(results);
-            }
             // Rewritten after each transport: a crash keeps what was measured.
             write_exports(&a, &report)?;
         }

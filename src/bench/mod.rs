@@ -102,6 +102,15 @@ pub struct Usage {
 }
 
 impl Usage {
+    fn plus(self, o: Usage) -> Usage {
+        Usage {
+            user: self.user + o.user,
+            system: self.system + o.system,
+            voluntary: self.voluntary + o.voluntary,
+            involuntary: self.involuntary + o.involuntary,
+        }
+    }
+
     fn since(self, before: Usage) -> Usage {
         Usage {
             user: self.user.saturating_sub(before.user),
@@ -271,61 +280,150 @@ pub fn measure(
     time: Duration,
     warmup: u64,
 ) -> Cell {
-    let mut cell = Cell::empty(transport, placement, size);
-    match run_cell(
-        client, server_pid, size, iterations, time, warmup, &mut cell,
-    ) {
-        Ok(()) => {}
-        Err(e) => cell.error = Some(e.to_string()),
-    }
-    cell
+    let mut run = || -> io::Result<Tally> {
+        let mut t = Tally::new(size)?;
+        t.warm_up(client, warmup, time)?;
+        t.slice(client, server_pid, iterations, time)?;
+        Ok(t)
+    };
+    Tally::finish(run(), transport, placement, size)
 }
 
-fn run_cell(
-    client: &mut impl Echo,
+/// A cell being measured, possibly in several slices: its histogram, round
+/// trips, time and CPU usage so far.
+struct Tally {
+    hist: Histogram<u64>,
+    n: u64,
+    elapsed: Duration,
+    client: Usage,
+    server: Usage,
+    first_rtt_ns: u64,
+    payload: Vec<u8>,
+}
+
+impl Tally {
+    fn new(size: usize) -> io::Result<Tally> {
+        Ok(Tally {
+            hist: Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+                .map_err(io::Error::other)?,
+            n: 0,
+            elapsed: Duration::ZERO,
+            client: Usage::default(),
+            server: Usage::default(),
+            first_rtt_ns: 0,
+            payload: (0..size).map(|i| (i as u8).wrapping_mul(31)).collect(),
+        })
+    }
+
+    /// Discarded round trips, bounded by count and by a tenth of `time`;
+    /// the very first one is kept apart (connection set-up, cold caches).
+    fn warm_up(&mut self, client: &mut impl Echo, warmup: u64, time: Duration) -> io::Result<()> {
+        let warm_until = Instant::now() + time / 10;
+        for i in 0..warmup.max(1) {
+            let t0 = Instant::now();
+            round_trip(client, &mut self.payload, u64::MAX - i, true)?;
+            if i == 0 {
+                self.first_rtt_ns = t0.elapsed().as_nanos() as u64;
+            }
+            if Instant::now() >= warm_until {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Measure at most `iterations` round trips or `time`, whichever ends first.
+    fn slice(
+        &mut self,
+        client: &mut impl Echo,
+        server_pid: i32,
+        iterations: u64,
+        time: Duration,
+    ) -> io::Result<()> {
+        let client_before = own_usage();
+        let server_before = process_usage(server_pid);
+        let start = Instant::now();
+        let mut i = 0u64;
+        while i < iterations.max(1) {
+            let n = self.n + i;
+            let t0 = Instant::now();
+            round_trip(client, &mut self.payload, n, n.is_multiple_of(256))?;
+            let t1 = Instant::now();
+            self.hist
+                .saturating_record((t1 - t0).as_nanos().max(1) as u64);
+            i += 1;
+            if t1 - start >= time {
+                break;
+            }
+        }
+        self.elapsed += start.elapsed();
+        self.n += i;
+        self.client = self.client.plus(own_usage().since(client_before));
+        self.server = self
+            .server
+            .plus(process_usage(server_pid).since(server_before));
+        Ok(())
+    }
+
+    fn finish(t: io::Result<Tally>, transport: &str, placement: Placement, size: usize) -> Cell {
+        let mut cell = Cell::empty(transport, placement, size);
+        match t {
+            Ok(t) => {
+                cell.first_rtt_ns = t.first_rtt_ns;
+                cell.fill(&t.hist, t.n, t.elapsed, t.client, t.server);
+            }
+            Err(e) => cell.error = Some(e.to_string()),
+        }
+        cell
+    }
+}
+
+/// Slices a paired cell is cut into: the transport and its raw baseline
+/// take turns, so that both see the same machine (on a VM, the host's
+/// load drifts by tens of percent within seconds).
+pub const PAIRED_SLICES: u32 = 10;
+
+/// Measure `client` and its raw baseline `raw` in alternating slices.
+#[allow(clippy::too_many_arguments)]
+fn measure_paired(
+    client: &mut Client,
     server_pid: i32,
+    raw: &mut raw::RawPeer,
+    t: &str,
+    kind: raw::RawKind,
+    placement: Placement,
     size: usize,
-    iterations: u64,
-    time: Duration,
-    warmup: u64,
-    cell: &mut Cell,
-) -> io::Result<()> {
-    let mut payload: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(31)).collect();
-    let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).map_err(io::Error::other)?;
-
-    // Warm-up: discarded, bounded by count and by a tenth of the budget.
-    let warm_until = Instant::now() + time / 10;
-    for i in 0..warmup.max(1) {
-        let t0 = Instant::now();
-        round_trip(client, &mut payload, u64::MAX - i, true)?;
-        if i == 0 {
-            cell.first_rtt_ns = t0.elapsed().as_nanos() as u64;
+    plan: &Plan,
+) -> (Cell, Cell) {
+    let raw_pid = raw.pid().as_raw();
+    let (mut a, mut b) = match (Tally::new(size), Tally::new(size)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            let e = || Err(io::Error::new(e.kind(), e.to_string()));
+            return (
+                Tally::finish(e(), t, placement, size),
+                Tally::finish(e(), kind.name(), placement, size),
+            );
         }
-        if Instant::now() >= warm_until {
-            break;
+    };
+    let mut ra = a.warm_up(client, plan.warmup, plan.time);
+    let mut rb = b.warm_up(raw, plan.warmup, plan.time);
+    let (iters, time) = (
+        plan.iterations.div_ceil(PAIRED_SLICES as u64),
+        plan.time / PAIRED_SLICES,
+    );
+    for _ in 0..PAIRED_SLICES {
+        if ra.is_ok() {
+            ra = a.slice(client, server_pid, iters, time);
         }
-    }
-
-    let client_before = own_usage();
-    let server_before = process_usage(server_pid);
-    let start = Instant::now();
-    let mut n = 0u64;
-    while n < iterations.max(1) {
-        let t0 = Instant::now();
-        round_trip(client, &mut payload, n, n.is_multiple_of(256))?;
-        let t1 = Instant::now();
-        hist.saturating_record((t1 - t0).as_nanos().max(1) as u64);
-        n += 1;
-        if t1 - start >= time {
-            break;
+        if rb.is_ok() {
+            rb = b.slice(raw, raw_pid, iters, time);
         }
     }
-    let elapsed = start.elapsed();
-    let client_used = own_usage().since(client_before);
-    let server_used = process_usage(server_pid).since(server_before);
-    cell.fill(&hist, n, elapsed, client_used, server_used);
-    Ok(())
+    (
+        Tally::finish(ra.map(|()| a), t, placement, size),
+        Tally::finish(rb.map(|()| b), kind.name(), placement, size),
+    )
 }
 
 /// One checked echo of `payload`, stamped with `stamp` at both ends.
@@ -358,12 +456,14 @@ fn round_trip(
     Ok(())
 }
 
-/// Run every cell of `plan` for one transport and placement.
-/// `on_cell` is called after each cell (progress).
+/// Run every cell of `plan` for one transport and placement; with a
+/// `baseline`, its raw rows too, measured in turns with the transport
+/// ([`PAIRED_SLICES`]). `on_cell` is called after each cell (progress).
 pub fn run_transport(
     plan: &Plan,
     t: &'static dyn Transport,
     placement: Placement,
+    baseline: Option<raw::RawKind>,
     mut on_cell: impl FnMut(&Cell),
 ) -> Vec<Cell> {
     let fail_all = |e: String| -> Vec<Cell> {
@@ -400,17 +500,46 @@ pub fn run_transport(
     match server.connect(t, &cfg) {
         Ok(link) => {
             let mut client = Client::from_link(link, cfg.max_frame, Form::Binary);
+            let mut raw_cells = Vec::new();
             for &size in &plan.sizes {
-                let cell = measure(
-                    &mut client,
-                    server.pid().as_raw(),
-                    t.name(),
-                    placement,
-                    size,
-                    plan.iterations,
-                    plan.time,
-                    plan.warmup,
-                );
+                let pid = server.pid().as_raw();
+                let cell = match baseline.map(|k| (k, raw::RawPeer::start(k, size, server_cpu))) {
+                    Some((kind, Ok(mut peer))) => {
+                        let (cell, mut raw_cell) = measure_paired(
+                            &mut client,
+                            pid,
+                            &mut peer,
+                            t.name(),
+                            kind,
+                            placement,
+                            size,
+                            plan,
+                        );
+                        raw_cell.baseline = true;
+                        on_cell(&raw_cell);
+                        raw_cells.push(raw_cell);
+                        cell
+                    }
+                    other => {
+                        if let Some((kind, Err(e))) = other {
+                            let mut c = Cell::empty(kind.name(), placement, size);
+                            c.baseline = true;
+                            c.error = Some(e.to_string());
+                            on_cell(&c);
+                            raw_cells.push(c);
+                        }
+                        measure(
+                            &mut client,
+                            pid,
+                            t.name(),
+                            placement,
+                            size,
+                            plan.iterations,
+                            plan.time,
+                            plan.warmup,
+                        )
+                    }
+                };
                 on_cell(&cell);
                 let failed = cell.error.is_some();
                 cells.push(cell);
@@ -418,6 +547,7 @@ pub fn run_transport(
                     break;
                 }
             }
+            cells.extend(raw_cells);
         }
         Err(e) => cells = fail_all(e.to_string()),
     }
@@ -428,46 +558,3 @@ pub fn run_transport(
     cells
 }
 
-/// The raw baseline rows for one placement: every size, each with its own
-/// raw child.
-pub fn run_baseline(
-    plan: &Plan,
-    kind: raw::RawKind,
-    placement: Placement,
-    mut on_cell: impl FnMut(&Cell),
-) -> Vec<Cell> {
-    let mut cells = Vec::new();
-    let Some((client_cpu, server_cpu)) = cpus_for(placement) else {
-        return cells;
-    };
-    let old_mask = client_cpu.and_then(|c| pin_this_thread(c).ok());
-    for &size in &plan.sizes {
-        let mut cell = match raw::RawPeer::start(kind, size, server_cpu) {
-            Ok(mut peer) => {
-                let pid = peer.pid().as_raw();
-                measure(
-                    &mut peer,
-                    pid,
-                    kind.name(),
-                    placement,
-                    size,
-                    plan.iterations,
-                    plan.time,
-                    plan.warmup,
-                )
-            }
-            Err(e) => {
-                let mut c = Cell::empty(kind.name(), placement, size);
-                c.error = Some(e.to_string());
-                c
-            }
-        };
-        cell.baseline = true;
-        on_cell(&cell);
-        cells.push(cell);
-    }
-    if let Some(m) = old_mask {
-        let _ = sched_setaffinity(Pid::from_raw(0), &m);
-    }
-    cells
-}
