@@ -662,7 +662,10 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
             bar.set_message(format!("{} ({placement})", t.name()));
             // A transport and its raw baseline are measured in turns, so
             // that drift of the machine does not fall between the two.
-            let kind = baselines.iter().copied().find(|k| k.transport() == t.name());
+            let kind = baselines
+                .iter()
+                .copied()
+                .find(|k| k.transport() == t.name());
             let results = bench::run_transport(&plan, t, placement, kind, |_| bar.inc(1));
             report.results.extend(results);
             // Rewritten after each transport: a crash keeps what was measured.

@@ -557,4 +557,3 @@ pub fn run_transport(
     let _ = server.stop();
     cells
 }
-
