@@ -57,6 +57,7 @@ pub mod msgq;
 pub mod pipe;
 pub mod posixmq;
 pub mod shm;
+pub mod shm_spin;
 pub mod signal;
 pub mod tcp;
 pub mod unix;
@@ -265,6 +266,7 @@ pub fn all() -> &'static [&'static dyn Transport] {
         &msgq::Msgq,
         &posixmq::PosixMq,
         &shm::Shm,
+        &shm_spin::ShmSpin,
         &signal::Signal,
         &flock::Flock,
         &unix::Unix,

@@ -188,7 +188,7 @@ pub fn shm_name(cfg: &Config) -> String {
 }
 
 /// `/ipclab-<uid>-<hash of dir>-`: the names of every server of `dir`.
-fn shm_prefix(dir: &Path) -> String {
+pub(crate) fn shm_prefix(dir: &Path) -> String {
     // FNV-1a: small, stable across runs and versions.
     let mut h: u32 = 0x811c_9dc5;
     for b in dir.as_os_str().as_encoded_bytes() {
