@@ -123,7 +123,9 @@ fn removes_what_killed_servers_left_and_nothing_else() {
             let named = format!("{} {}", l["object"], l["why"]);
             assert!(named.contains("dead-"), "{l:#}");
         }
-        for t in ["fifo", "msgq", "posix-mq", "shm", "signal", "flock", "unix"] {
+        for t in [
+            "fifo", "msgq", "posix-mq", "shm", "shm-spin", "signal", "flock", "unix",
+        ] {
             assert!(
                 stale.iter().any(|l| l["transport"] == t),
                 "nothing stale found for {t}: {found:#?}"

@@ -260,6 +260,7 @@ fn demo_inspect_shows_each_transports_objects() {
         ("msgq", "SysV message queue key"),
         ("posix-mq", "posix mqueue"),
         ("shm", "POSIX shm"),
+        ("shm-spin", "ipclab-spin-"),
         ("signal", "blocked SIGRT"),
         ("flock", "OFDLCK WRITE"),
         ("unix", "unix/stream"),

@@ -322,8 +322,17 @@ impl Report {
                     .filter(|c| c.ok())
                     .collect();
                 let Some(best) = cells.first() else { continue };
+                // Across cores, the physical limit is one cache line there
+                // and back: say how far the fastest transport is from it.
+                let floor = self
+                    .floors
+                    .iter()
+                    .find(|f| f.placement == placement && f.name.starts_with("cache line"))
+                    .filter(|f| f.ns > 0.0)
+                    .map(|f| format!(", {:.1}× the cache-line floor", best.p50_ns as f64 / f.ns))
+                    .unwrap_or_default();
                 let mut line = format!(
-                    "at {} ({placement}): {} fastest ({} p50)",
+                    "at {} ({placement}): {} fastest ({} p50{floor})",
                     fmt_size(size),
                     best.transport,
                     ns(best.p50_ns as f64)

@@ -335,15 +335,26 @@ impl Transport for ShmSpin {
 
     fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>> {
         let name = region_name(cfg);
-        let fd = match shm_open(name.as_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
+        let fd = match shm_open(
+            name.as_str(),
+            OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
-                    format!("no server: /dev/shm{name} does not exist (start one with `ipclab serve shm-spin`)"),
+                    format!(
+                        "no server: /dev/shm{name} does not exist (start one with `ipclab serve shm-spin`)"
+                    ),
                 ));
             }
-            Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("shm_open({name}): {e}"))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("shm_open({name}): {e}"),
+                ));
+            }
         };
         let region = Arc::new(map_existing(fd, &name)?);
         let h = region.header();
@@ -367,7 +378,9 @@ impl Transport for ShmSpin {
                 Err(other) if pid_alive(other) && Instant::now() >= deadline => {
                     return Err(io::Error::new(
                         io::ErrorKind::ResourceBusy,
-                        format!("busy: the shm-spin server serves one client at a time (pid {other} is connected)"),
+                        format!(
+                            "busy: the shm-spin server serves one client at a time (pid {other} is connected)"
+                        ),
                     ));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -399,28 +412,41 @@ impl Transport for ShmSpin {
             .into_iter()
             .map(|n| {
                 let path = PathBuf::from(format!("/dev/shm/{n}"));
-                Leftover::judge_file("shm-spin", "POSIX shm object", &path, |t| t.is_file(), || {
-                    let fd = shm_open(format!("/{n}").as_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
-                    Ok(match map_existing(fd, &n) {
-                        Ok(r) => {
-                            let h = r.header();
-                            let pid = h.server_pid.load(Ordering::SeqCst);
-                            if pid_alive(pid) && h.closed.load(Ordering::SeqCst) == 0 {
-                                Ok(format!("its server, pid {pid}, is running"))
-                            } else {
-                                Err(format!("its server, pid {pid}, is gone"))
+                Leftover::judge_file(
+                    "shm-spin",
+                    "POSIX shm object",
+                    &path,
+                    |t| t.is_file(),
+                    || {
+                        let fd = shm_open(
+                            format!("/{n}").as_str(),
+                            OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                            Mode::empty(),
+                        )?;
+                        Ok(match map_existing(fd, &n) {
+                            Ok(r) => {
+                                let h = r.header();
+                                let pid = h.server_pid.load(Ordering::SeqCst);
+                                if pid_alive(pid) && h.closed.load(Ordering::SeqCst) == 0 {
+                                    Ok(format!("its server, pid {pid}, is running"))
+                                } else {
+                                    Err(format!("its server, pid {pid}, is gone"))
+                                }
                             }
-                        }
-                        Err(e) => {
-                            let age = std::fs::metadata(&path)?.modified()?.elapsed().unwrap_or_default();
-                            if age < Duration::from_secs(10) {
-                                Ok(format!("{e}, but it is new: a server may be creating it"))
-                            } else {
-                                Err(format!("{e}: its server died while creating it"))
+                            Err(e) => {
+                                let age = std::fs::metadata(&path)?
+                                    .modified()?
+                                    .elapsed()
+                                    .unwrap_or_default();
+                                if age < Duration::from_secs(10) {
+                                    Ok(format!("{e}, but it is new: a server may be creating it"))
+                                } else {
+                                    Err(format!("{e}: its server died while creating it"))
+                                }
                             }
-                        }
-                    })
-                })
+                        })
+                    },
+                )
             })
             .collect()
     }
@@ -434,14 +460,22 @@ fn create_replacing_stale(name: &str) -> io::Result<std::os::fd::OwnedFd> {
     match shm_open(name, flags, mode) {
         Ok(fd) => return Ok(fd),
         Err(Errno::EEXIST) => {}
-        Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("shm_open({name}): {e}"))),
+        Err(e) => {
+            return Err(io::Error::new(
+                io::Error::from(e).kind(),
+                format!("shm_open({name}): {e}"),
+            ));
+        }
     }
     let fd = shm_open(name, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
     let meta = File::from(fd.try_clone()?).metadata()?;
     if meta.uid() != getuid().as_raw() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!("/dev/shm{name} belongs to uid {}; not removing it", meta.uid()),
+            format!(
+                "/dev/shm{name} belongs to uid {}; not removing it",
+                meta.uid()
+            ),
         ));
     }
     if let Ok(region) = map_existing(fd, name) {
@@ -450,7 +484,9 @@ fn create_replacing_stale(name: &str) -> io::Result<std::os::fd::OwnedFd> {
         if pid_alive(pid) && h.closed.load(Ordering::SeqCst) == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
-                format!("/dev/shm{name} is already in use by a live server (pid {pid}; pick another --name)"),
+                format!(
+                    "/dev/shm{name} is already in use by a live server (pid {pid}; pick another --name)"
+                ),
             ));
         }
     }
@@ -603,7 +639,10 @@ impl SpinLink {
         let (region, peer, server_side) = (Arc::clone(&self.region), self.peer, self.server_side);
         move || {
             if !server_side && region.header().closed.load(Ordering::SeqCst) != 0 {
-                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the server stopped"));
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the server stopped",
+                ));
             }
             if !pid_alive(peer) {
                 let who = if server_side { "client" } else { "server" };
@@ -655,7 +694,14 @@ impl SpinLink {
                 break;
             }
         }
-        ring.head.store(head + n as u64, Ordering::SeqCst);
+        // A plain release store, then a full fence before looking at the
+        // sleeper's word (the store-load order the no-lost-wake-up argument
+        // needs). On x86 this lets the stores of the data and of `head`
+        // claim their cache lines together; a sequentially consistent store
+        // (`xchg`) would first wait for the data, then claim `head`. (An
+        // A/B run against `xchg` on this VM was within its noise.)
+        ring.head.store(head + n as u64, Ordering::Release);
+        std::sync::atomic::fence(Ordering::SeqCst);
         wake_if_asleep(&ring.reader_sleeps);
         Ok(n)
     }
@@ -681,9 +727,8 @@ impl Read for SpinLink {
         let region = Arc::clone(&self.region);
         let ring = region.ring(self.rx);
         let tail = ring.tail.load(Ordering::Relaxed);
-        let ready = || {
-            ring.head.load(Ordering::SeqCst) != tail || ring.eof.load(Ordering::SeqCst) != 0
-        };
+        let ready =
+            || ring.head.load(Ordering::SeqCst) != tail || ring.eof.load(Ordering::SeqCst) != 0;
         wait_until(
             ready,
             self.spin,
