@@ -634,27 +634,27 @@ impl SpinLink {
             spin: spin_for(peer),
         }
     }
+}
 
-    fn alive(&self) -> impl FnMut() -> io::Result<()> + use<> {
-        let (region, peer, server_side) = (Arc::clone(&self.region), self.peer, self.server_side);
-        move || {
-            if !server_side && region.header().closed.load(Ordering::SeqCst) != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the server stopped",
-                ));
-            }
-            if !pid_alive(peer) {
-                let who = if server_side { "client" } else { "server" };
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("the {who} (pid {peer}) died"),
-                ));
-            }
-            Ok(())
-        }
+/// Is the peer still there? (asked between the sleeps of a long wait)
+fn peer_check(region: &Region, peer: i32, server_side: bool) -> io::Result<()> {
+    if !server_side && region.header().closed.load(Ordering::SeqCst) != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the server stopped",
+        ));
     }
+    if !pid_alive(peer) {
+        let who = if server_side { "client" } else { "server" };
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("the {who} (pid {peer}) died"),
+        ));
+    }
+    Ok(())
+}
 
+impl SpinLink {
     /// Copy as much of `bufs` as fits into the outgoing ring, waiting for
     /// room if there is none; publish it with one store of `head`.
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -663,7 +663,8 @@ impl SpinLink {
             return Ok(0);
         }
         let tx = 1 - self.rx;
-        let region = Arc::clone(&self.region);
+        let (peer, server_side) = (self.peer, self.server_side);
+        let region: &Region = &self.region;
         let ring = region.ring(tx);
         let head = ring.head.load(Ordering::Relaxed);
         let mut room = CAPACITY - (head - self.tail_cache) as usize;
@@ -677,7 +678,7 @@ impl SpinLink {
                     &ring.writer_sleeps,
                     Instant::now() + self.write_timeout,
                     "waiting for the peer to drain the ring",
-                    self.alive(),
+                    || peer_check(region, peer, server_side),
                 )?;
                 self.tail_cache = ring.tail.load(Ordering::SeqCst);
                 room = CAPACITY - (head - self.tail_cache) as usize;
@@ -724,7 +725,8 @@ impl Read for SpinLink {
         if buf.is_empty() {
             return Ok(0);
         }
-        let region = Arc::clone(&self.region);
+        let (peer, server_side) = (self.peer, self.server_side);
+        let region: &Region = &self.region;
         let ring = region.ring(self.rx);
         let tail = ring.tail.load(Ordering::Relaxed);
         let ready =
@@ -735,7 +737,7 @@ impl Read for SpinLink {
             &ring.reader_sleeps,
             Instant::now() + self.read_timeout,
             "waiting for the peer to send",
-            self.alive(),
+            || peer_check(region, peer, server_side),
         )?;
         let avail = (ring.head.load(Ordering::SeqCst) - tail) as usize;
         if avail == 0 {
