@@ -124,7 +124,15 @@ fn removes_what_killed_servers_left_and_nothing_else() {
             assert!(named.contains("dead-"), "{l:#}");
         }
         for t in [
-            "fifo", "msgq", "posix-mq", "shm", "shm-spin", "signal", "flock", "unix",
+            "fifo",
+            "msgq",
+            "posix-mq",
+            "shm",
+            "shm-spin",
+            "signal",
+            "flock",
+            "unix",
+            "unix-seqpacket",
         ] {
             assert!(
                 stale.iter().any(|l| l["transport"] == t),

@@ -472,4 +472,5 @@ conformance!(shm_spin => "shm-spin");
 conformance!(signal);
 conformance!(flock);
 conformance!(unix);
+conformance!(unix_seqpacket => "unix-seqpacket");
 conformance!(tcp);

@@ -264,6 +264,7 @@ fn demo_inspect_shows_each_transports_objects() {
         ("signal", "blocked SIGRT"),
         ("flock", "OFDLCK WRITE"),
         ("unix", "unix/stream"),
+        ("unix-seqpacket", "unix/seqpacket"),
     ];
     for &(t, needle) in expect {
         watchdog(LIMIT, move || {

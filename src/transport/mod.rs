@@ -61,6 +61,7 @@ pub mod shm_spin;
 pub mod signal;
 pub mod tcp;
 pub mod unix;
+pub mod unix_seqpacket;
 
 /// A bidirectional byte link between a client and a server.
 ///
@@ -270,6 +271,7 @@ pub fn all() -> &'static [&'static dyn Transport] {
         &signal::Signal,
         &flock::Flock,
         &unix::Unix,
+        &unix_seqpacket::UnixSeqpacket,
         &tcp::Tcp,
     ]
 }

@@ -47,13 +47,14 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport, WatchedReads};
@@ -157,12 +158,34 @@ impl Listener for UnixServer {
 /// still answers on it. A dead server's file is replaced; a live server is
 /// an error. Anything that is not our socket file is left alone.
 fn bind_replacing_stale(path: &Path, timeout: Duration) -> io::Result<UnixListener> {
-    match UnixListener::bind(path) {
+    bind_listening(path, SockType::Stream, "unix", timeout).map(UnixListener::from)
+}
+
+/// A listening UNIX socket of `kind` bound to `path`, replacing a stale
+/// socket file (see [`bind_replacing_stale`]); `transport` names the
+/// transport in messages. Shared with the `unix-seqpacket` transport.
+pub(crate) fn bind_listening(
+    path: &Path,
+    kind: SockType,
+    transport: &str,
+    timeout: Duration,
+) -> io::Result<OwnedFd> {
+    let bind = || -> io::Result<OwnedFd> {
+        let fd = socket::socket(AddressFamily::Unix, kind, SockFlag::SOCK_CLOEXEC, None)?;
+        let addr = UnixAddr::new(path).map_err(|e| with_path(e.into(), "bad socket path", path))?;
+        socket::bind(fd.as_raw_fd(), &addr).map_err(io::Error::from)?;
+        socket::listen(
+            &fd,
+            socket::Backlog::new(128).unwrap_or(socket::Backlog::MAXCONN),
+        )?;
+        Ok(fd)
+    };
+    match bind() {
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
         other => return other.map_err(|e| with_path(e, "cannot bind", path)),
     }
     runtime::check_ours(path, |t| t.is_socket(), "a socket")?;
-    match connect_with_timeout(path, timeout) {
+    match connect_socket(path, kind, transport, timeout) {
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!(
@@ -172,7 +195,7 @@ fn bind_replacing_stale(path: &Path, timeout: Duration) -> io::Result<UnixListen
         )),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             fs::remove_file(path)?;
-            UnixListener::bind(path).map_err(|e| with_path(e, "cannot bind", path))
+            bind().map_err(|e| with_path(e, "cannot bind", path))
         }
         Err(e) => Err(e),
     }
@@ -182,9 +205,20 @@ fn bind_replacing_stale(path: &Path, timeout: Duration) -> io::Result<UnixListen
 /// `connect` to a server whose backlog is full (a frozen server) would wait
 /// indefinitely, so connect non-blocking and retry with a bounded back-off.
 pub(crate) fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    connect_socket(path, SockType::Stream, "unix", timeout).map(UnixStream::from)
+}
+
+/// [`connect_with_timeout`] for a UNIX socket of any `kind`; the socket is
+/// returned in blocking mode.
+pub(crate) fn connect_socket(
+    path: &Path,
+    kind: SockType,
+    transport: &str,
+    timeout: Duration,
+) -> io::Result<OwnedFd> {
     let fd = socket::socket(
         AddressFamily::Unix,
-        SockType::Stream,
+        kind,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
@@ -212,7 +246,7 @@ pub(crate) fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!(
-                        "no server at {}: the socket file does not exist (start one with `ipclab serve unix`)",
+                        "no server at {}: the socket file does not exist (start one with `ipclab serve {transport}`)",
                         path.display()
                     ),
                 ));
@@ -221,7 +255,16 @@ pub(crate) fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     format!(
-                        "no server listens on {} (a stale socket file; start one with `ipclab serve unix`)",
+                        "no server listens on {} (a stale socket file; start one with `ipclab serve {transport}`)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(Errno::EPROTOTYPE) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "{} is a socket of another type (another transport's server?)",
                         path.display()
                     ),
                 ));
@@ -229,9 +272,9 @@ pub(crate) fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result
             Err(e) => return Err(with_path(e.into(), "cannot connect to", path)),
         }
     }
-    let stream = UnixStream::from(fd);
-    stream.set_nonblocking(false)?;
-    Ok(stream)
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(fd)
 }
 
 fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {

@@ -1,0 +1,248 @@
+//! `unix-seqpacket` — a UNIX domain socket that keeps message boundaries.
+//!
+//! # What it is
+//! UNIX domain sockets come in three types (see `unix(7)`):
+//! * `SOCK_STREAM` (the `unix` transport): a connection carrying a byte
+//!   stream, like TCP. Two `write`s of 10 bytes may arrive as one `read` of
+//!   20, or as reads of 3 and 17: the receiver must find the boundaries
+//!   itself (ipclab's framing does).
+//! * `SOCK_DGRAM`: no connection; each `sendto` is one datagram that
+//!   arrives whole (on Linux, reliably and in order: the sender blocks when
+//!   the receiver's queue is full, unlike UDP).
+//! * `SOCK_SEQPACKET` (this transport): a connection, like a stream, but
+//!   each `write` is one *packet* that arrives whole, in order, with its
+//!   boundary: one `write` is one `read`. A `read` with a buffer smaller
+//!   than the packet gets the beginning and **loses the rest** (the
+//!   `MSG_TRUNC` case), so the receiver always reads into a buffer as large
+//!   as the largest packet the sender may send.
+//!
+//! # How data and synchronisation flow
+//! Exactly as for the stream socket — `socket`, `bind(<dir>/<name>.seqpacket)`,
+//! `listen`, `accept` per client, a thread per session — except that each
+//! protocol message goes out as one packet (`writev` of header and payload
+//! together) and comes in with one `read`. A message larger than a packet
+//! (the 1 MiB echo) goes as a sequence of 64 KiB packets, which the framing
+//! joins as it would join stream pieces.
+//!
+//! # Limits
+//! * A packet must fit the socket's send buffer (`SO_SNDBUF`, from
+//!   `/proc/sys/net/core/wmem_default`, 208 KiB here): larger ones fail with
+//!   `EMSGSIZE`. 64 KiB packets stay well below.
+//! * Otherwise as for `unix`: the 107-byte path limit, the listen backlog,
+//!   and a socket file that a killed server leaves (replaced by the next
+//!   server, removed by `ipclab clean`).
+//!
+//! # System calls
+//! `socket(2)` (`SOCK_SEQPACKET`), `bind(2)`, `listen(2)`, `poll(2)`,
+//! `accept4(2)`, `connect(2)`, `read(2)`, `writev(2)`, `setsockopt(2)`
+//! (`SO_SNDTIMEO`), `unlink(2)`; see `unix(7)`.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::socket::{self, SockFlag, SockType, sockopt};
+use nix::sys::time::TimeVal;
+
+use super::unix::{bind_listening, connect_socket};
+use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use crate::clean::{self, Leftover};
+use crate::runtime::{self, CreatedPath};
+
+/// The largest packet either side sends.
+const PACKET: usize = 64 * 1024;
+const SUFFIX: &str = ".seqpacket";
+
+/// The UNIX domain sequenced-packet socket transport.
+pub struct UnixSeqpacket;
+
+impl Transport for UnixSeqpacket {
+    fn name(&self) -> &'static str {
+        "unix-seqpacket"
+    }
+    fn description(&self) -> &'static str {
+        "UNIX domain SOCK_SEQPACKET socket: a connection that keeps message boundaries"
+    }
+    fn kernel_objects(&self) -> &'static str {
+        "socket file <dir>/<name>.seqpacket; a listening socket and one connected pair per client"
+    }
+    fn inspect_note(&self) -> &'static str {
+        "The same picture as the unix transport (a listening socket bound to a file, one accepted socket per client, each the peer of a client socket), but the type column says seqpacket: every write(2) on these sockets is one packet that the peer's read(2) receives whole, so the kernel keeps the message boundaries that a stream socket forgets."
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            multi_client: true,
+            boundaries: Boundaries::Messages,
+            max_message: None,
+            crosses_machines: false,
+            inherited: false,
+        }
+    }
+
+    fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
+        runtime::prepare_dir(&cfg.dir)?;
+        let path = cfg.object_path(SUFFIX);
+        let listener = bind_listening(&path, SockType::SeqPacket, self.name(), cfg.timeout)?;
+        let file = CreatedPath::adopt(path)?;
+        Ok(Box::new(SeqServer {
+            listener,
+            file,
+            cfg: cfg.clone(),
+        }))
+    }
+
+    fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>> {
+        let fd = connect_socket(
+            &cfg.object_path(SUFFIX),
+            SockType::SeqPacket,
+            self.name(),
+            cfg.timeout,
+        )?;
+        Ok(Box::new(PacketLink::new(fd, cfg.timeout, cfg.timeout)?))
+    }
+
+    fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
+        clean::files_with_suffix(dir, SUFFIX)
+            .into_iter()
+            .map(|(_, path)| {
+                Leftover::judge_file(
+                    "unix-seqpacket",
+                    "socket file",
+                    &path,
+                    |t| t.is_socket(),
+                    || match connect_socket(
+                        &path,
+                        SockType::SeqPacket,
+                        "unix-seqpacket",
+                        Duration::from_secs(1),
+                    ) {
+                        Ok(_) => Ok(Ok("a server accepts connections on it".into())),
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                            Ok(Err("nobody listens on it: its server was killed".into()))
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            Ok(Ok("a server holds it but does not accept (stopped?)".into()))
+                        }
+                        Err(e) => Err(e),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+struct SeqServer {
+    listener: OwnedFd,
+    // Dropped after the listener: the file goes with the server.
+    file: CreatedPath,
+    cfg: Config,
+}
+
+impl Listener for SeqServer {
+    fn endpoint(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>> {
+        if !runtime::wait_readable(&self.listener, wait)? {
+            return Ok(None);
+        }
+        let fd = socket::accept4(&self.listener, SockFlag::SOCK_CLOEXEC)?;
+        Ok(Some(Box::new(PacketLink::new(
+            fd,
+            self.cfg.idle_timeout,
+            self.cfg.timeout,
+        )?)))
+    }
+}
+
+/// A connected packet socket as a byte link: each write is one packet of
+/// at most [`PACKET`] bytes; each read takes one whole packet into `rbuf`
+/// and hands it out.
+struct PacketLink {
+    fd: OwnedFd,
+    read_timeout: Duration,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    roff: usize,
+    /// Gathers the parts of a message larger than one `writev` may carry.
+    sbuf: Vec<u8>,
+}
+
+impl PacketLink {
+    fn new(fd: OwnedFd, read_timeout: Duration, write_timeout: Duration) -> io::Result<Self> {
+        let tv = TimeVal::new(
+            write_timeout.as_secs() as _,
+            write_timeout.subsec_micros() as _,
+        );
+        socket::setsockopt(&fd, sockopt::SendTimeout, &tv)?;
+        Ok(PacketLink {
+            fd,
+            read_timeout,
+            rbuf: vec![0; PACKET],
+            rlen: 0,
+            roff: 0,
+            sbuf: Vec::new(),
+        })
+    }
+}
+
+impl Read for PacketLink {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.roff == self.rlen {
+            // The whole next packet (never larger than PACKET); 0 is the
+            // peer's orderly close.
+            let n = crate::interrupt::read(self.fd.as_raw_fd(), &mut self.rbuf, self.read_timeout)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.rlen = n;
+            self.roff = 0;
+        }
+        let n = buf.len().min(self.rlen - self.roff);
+        buf[..n].copy_from_slice(&self.rbuf[self.roff..self.roff + n]);
+        self.roff += n;
+        Ok(n)
+    }
+}
+
+impl Write for PacketLink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    /// One packet: the parts as they are when they fit in one, else the
+    /// first [`PACKET`] bytes gathered.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Ok(0);
+        }
+        let sent = if total <= PACKET {
+            nix::sys::uio::writev(&self.fd, bufs)
+        } else {
+            self.sbuf.clear();
+            for b in bufs {
+                let take = b.len().min(PACKET - self.sbuf.len());
+                self.sbuf.extend_from_slice(&b[..take]);
+                if self.sbuf.len() == PACKET {
+                    break;
+                }
+            }
+            nix::unistd::write(&self.fd, &self.sbuf)
+        };
+        sent.map_err(|e| match e {
+            nix::errno::Errno::EAGAIN => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer's receive queue stayed full (is it reading?)",
+            ),
+            e => e.into(),
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
