@@ -290,14 +290,14 @@ fn list() -> Result<ExitCode> {
     let mut out = io::stdout().lock();
     writeln!(
         out,
-        "{:<10} {:<8} {:<10} {:<12} DESCRIPTION",
+        "{:<15} {:<8} {:<10} {:<12} DESCRIPTION",
         "TRANSPORT", "CLIENTS", "BOUNDARY", "MAX MESSAGE"
     )?;
     for t in transport::all() {
         let c = t.capabilities();
         writeln!(
             out,
-            "{:<10} {:<8} {:<10} {:<12} {}",
+            "{:<15} {:<8} {:<10} {:<12} {}",
             t.name(),
             if c.multi_client { "many" } else { "one" },
             match c.boundaries {
@@ -309,7 +309,7 @@ fn list() -> Result<ExitCode> {
         )?;
         writeln!(
             out,
-            "{:<10} kernel objects: {}{}",
+            "{:<15} kernel objects: {}{}",
             "",
             t.kernel_objects(),
             if c.crosses_machines {
@@ -533,14 +533,14 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
         )?;
         writeln!(
             out,
-            "{:<10} {:>10} {:>14}  RESULT",
+            "{:<15} {:>10} {:>14}  RESULT",
             "TRANSPORT", "PING", "ECHO 64 KiB"
         )?;
         for o in &outcomes {
             let d = |x: Option<Duration>| x.map_or("-".into(), fmt_duration);
             writeln!(
                 out,
-                "{:<10} {:>10} {:>14}  {}",
+                "{:<15} {:>10} {:>14}  {}",
                 o.transport,
                 d(o.ping),
                 d(o.echo_64k),
@@ -793,7 +793,7 @@ fn report(a: ReportArgs) -> Result<ExitCode> {
             writeln!(out)?;
             writeln!(
                 out,
-                "{:<10} {:>8} {:<10} {:>11} {:>11} {:>8}  CHANGE",
+                "{:<15} {:>8} {:<10} {:>11} {:>11} {:>8}  CHANGE",
                 "TRANSPORT", "SIZE", "PLACEMENT", "p50 BEFORE", "p50 AFTER", "RATIO"
             )?;
             for c in run
@@ -821,7 +821,7 @@ fn report(a: ReportArgs) -> Result<ExitCode> {
                 let d = |ns: u64| fmt_duration(Duration::from_nanos(ns));
                 writeln!(
                     out,
-                    "{:<10} {:>8} {:<10} {:>11} {:>11} {:>7.2}×  {change}",
+                    "{:<15} {:>8} {:<10} {:>11} {:>11} {:>7.2}×  {change}",
                     c.transport,
                     fmt_size(c.size_bytes),
                     c.placement.to_string(),
@@ -882,7 +882,7 @@ fn clean(a: CleanArgs) -> Result<ExitCode> {
         for l in &found {
             writeln!(
                 out,
-                "{:<7} {:<8} {}  ({})",
+                "{:<7} {:<14} {}  ({})",
                 l.verdict, l.transport, l.object, l.why
             )?;
         }
@@ -931,8 +931,8 @@ fn clean(a: CleanArgs) -> Result<ExitCode> {
             writeln!(out, "nothing left behind in {}", dir.display())?;
         }
         for (l, r) in found.iter().zip(&results) {
-            writeln!(out, "{:<7} {:<8} {}", l.verdict, l.transport, l.object)?;
-            writeln!(out, "                 {}; {r}", l.why)?;
+            writeln!(out, "{:<7} {:<14} {}", l.verdict, l.transport, l.object)?;
+            writeln!(out, "                       {}; {r}", l.why)?;
         }
         if stale > 0 && !remove {
             writeln!(

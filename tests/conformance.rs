@@ -474,3 +474,4 @@ conformance!(flock);
 conformance!(unix);
 conformance!(unix_seqpacket => "unix-seqpacket");
 conformance!(tcp);
+conformance!(udp);

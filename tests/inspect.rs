@@ -265,6 +265,7 @@ fn demo_inspect_shows_each_transports_objects() {
         ("flock", "OFDLCK WRITE"),
         ("unix", "unix/stream"),
         ("unix-seqpacket", "unix/seqpacket"),
+        ("udp", "CONNECTED"),
     ];
     for &(t, needle) in expect {
         watchdog(LIMIT, move || {

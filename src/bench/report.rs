@@ -189,7 +189,7 @@ fn figures(c: &Cell) -> [String; 6] {
 fn terminal_row(name: &str, c: &Cell, last: &str) -> String {
     let f = figures(c);
     format!(
-        "{name:<8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {last:>8}",
+        "{name:<14} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {last:>8}",
         f[0], f[1], f[2], f[3], f[4], f[5]
     )
 }
@@ -276,14 +276,14 @@ impl Report {
                 )?;
                 writeln!(
                     out,
-                    "{:<8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>8}",
+                    "{:<14} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>8}",
                     "", "p50", "p99", "p99.9", "RTT/s", "MiB/s", "CPU/RTT", "vs best"
                 )?;
                 for c in cells {
                     if !c.ok() {
                         writeln!(
                             out,
-                            "{:<8} FAILED: {}",
+                            "{:<14} FAILED: {}",
                             c.transport,
                             c.error.as_deref().unwrap_or("no round trips")
                         )?;

@@ -60,6 +60,7 @@ pub mod shm;
 pub mod shm_spin;
 pub mod signal;
 pub mod tcp;
+pub mod udp;
 pub mod unix;
 pub mod unix_seqpacket;
 
@@ -273,6 +274,7 @@ pub fn all() -> &'static [&'static dyn Transport] {
         &unix::Unix,
         &unix_seqpacket::UnixSeqpacket,
         &tcp::Tcp,
+        &udp::Udp,
     ]
 }
 
