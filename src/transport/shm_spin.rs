@@ -375,11 +375,21 @@ impl Transport for ShmSpin {
                 .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
             {
                 Ok(_) => break,
-                Err(other) if pid_alive(other) && Instant::now() >= deadline => {
+                // A live client that has not let go: busy, at once.
+                Err(other) if pid_alive(other) && h.released.load(Ordering::SeqCst) == 0 => {
                     return Err(io::Error::new(
-                        io::ErrorKind::ResourceBusy,
+                        io::ErrorKind::AddrInUse,
                         format!(
-                            "busy: the shm-spin server serves one client at a time (pid {other} is connected)"
+                            "busy: the shm-spin server serves one client at a time, and pid {other} is connected"
+                        ),
+                    ));
+                }
+                // One that left (or died): the server is freeing the slot.
+                Err(other) if Instant::now() >= deadline => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the server did not free the slot of departed client pid {other} in time"
                         ),
                     ));
                 }
