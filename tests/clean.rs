@@ -128,6 +128,7 @@ fn removes_what_killed_servers_left_and_nothing_else() {
             "msgq",
             "posix-mq",
             "shm",
+            "mmap",
             "shm-spin",
             "signal",
             "flock",

@@ -468,6 +468,7 @@ conformance!(fifo);
 conformance!(msgq);
 conformance!(posix_mq => "posix-mq");
 conformance!(shm);
+conformance!(mmap);
 conformance!(shm_spin => "shm-spin");
 conformance!(signal);
 conformance!(flock);

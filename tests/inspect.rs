@@ -261,6 +261,7 @@ fn demo_inspect_shows_each_transports_objects() {
         ("posix-mq", "posix mqueue"),
         ("shm", "POSIX shm"),
         ("shm-spin", "ipclab-spin-"),
+        ("mmap", "shared file"),
         ("signal", "blocked SIGRT"),
         ("flock", "OFDLCK WRITE"),
         ("unix", "unix/stream"),

@@ -70,6 +70,20 @@
 //! left by a server killed with SIGKILL is recognised by the next server
 //! (its `server_pid` is dead) and replaced.
 //!
+//! # The `mmap` variant: a regular file
+//! The same code serves a second transport, `mmap`, whose region is not a
+//! POSIX shared memory object but an ordinary file, `<dir>/<name>.mmap`,
+//! opened with `open(2)` and mapped `MAP_SHARED` by both processes. To the
+//! processes it is the same: shared pages, the same header, the same
+//! semaphores. The difference is what the pages belong to. A `/dev/shm`
+//! object lives in a tmpfs: memory, never written anywhere. A regular
+//! file's pages are its page cache: dirty pages are written back to the
+//! file system by the kernel's flusher threads (every few seconds), which
+//! on a disk-backed directory is I/O the `shm` transport never does, and the
+//! file survives a reboot. `shm_open` is, on Linux, exactly `open` on
+//! `/dev/shm`; the POSIX API exists so that a program does not need to know
+//! where a memory-only file system is mounted.
+//!
 //! # Limits
 //! * `/dev/shm` is a tmpfs whose size (`df -h /dev/shm`, half the RAM by
 //!   default) bounds all shared memory objects together.
@@ -84,7 +98,6 @@
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::size_of;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
@@ -98,7 +111,7 @@ use nix::sys::stat::{Mode, fchmod};
 use nix::unistd::{ftruncate, getuid};
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::Leftover;
+use crate::clean::{self, Leftover};
 use crate::interrupt::pid_alive;
 use crate::runtime::{self, CreatedPath};
 use crate::sem::{SemCell, SharedSem};
@@ -178,8 +191,71 @@ impl Region {
     }
 }
 
-/// The shared memory transport.
-pub struct Shm;
+/// The shared memory transport, over one of two backings.
+pub struct Shm {
+    backing: Backing,
+}
+
+/// What the shared region is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backing {
+    /// A POSIX shared memory object in `/dev/shm` (`shm_open(3)`).
+    PosixShm,
+    /// A regular file in the runtime directory, `<dir>/<name>.mmap`.
+    File,
+}
+
+/// `shm`: POSIX shared memory.
+pub const SHM: Shm = Shm {
+    backing: Backing::PosixShm,
+};
+/// `mmap`: the same protocol over a memory-mapped regular file.
+pub const MMAP: Shm = Shm {
+    backing: Backing::File,
+};
+
+const MMAP_SUFFIX: &str = ".mmap";
+
+/// The object of one server: its name for `shm_open`, or its file.
+struct Object {
+    backing: Backing,
+    /// `/ipclab-…` for a POSIX object.
+    name: String,
+    path: PathBuf,
+}
+
+impl Object {
+    fn of(backing: Backing, cfg: &Config) -> Object {
+        let name = shm_name(cfg);
+        let path = match backing {
+            Backing::PosixShm => PathBuf::from(format!("/dev/shm{name}")),
+            Backing::File => cfg.object_path(MMAP_SUFFIX),
+        };
+        Object {
+            backing,
+            name,
+            path,
+        }
+    }
+
+    fn open_with(&self, flags: OFlag, mode: Mode) -> nix::Result<std::os::fd::OwnedFd> {
+        match self.backing {
+            Backing::PosixShm => shm_open(self.name.as_str(), flags, mode),
+            Backing::File => nix::fcntl::open(&self.path, flags | OFlag::O_NOFOLLOW, mode),
+        }
+    }
+
+    fn unlink(&self) -> nix::Result<()> {
+        match self.backing {
+            Backing::PosixShm => shm_unlink(self.name.as_str()),
+            Backing::File => nix::unistd::unlink(&self.path),
+        }
+    }
+
+    fn shown(&self) -> String {
+        self.path.display().to_string()
+    }
+}
 
 /// `/ipclab-<uid>-<hash of the runtime dir>-<name>`: unique per server,
 /// derived from the runtime directory, and recognisable by `ipclab clean`.
@@ -197,10 +273,11 @@ pub(crate) fn shm_prefix(dir: &Path) -> String {
     format!("/ipclab-{}-{h:08x}-", getuid())
 }
 
-/// For `clean`: is the region `name` (at `path`) a live server's?
-fn judge_region(name: &str, path: &Path) -> io::Result<Result<String, String>> {
-    let fd = shm_open(name, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
-    match map_existing(fd, name) {
+/// For `clean`: is the region `obj` a live server's?
+fn judge_region(obj: &Object) -> io::Result<Result<String, String>> {
+    let path = &obj.path;
+    let fd = obj.open_with(OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+    match map_existing(fd, &obj.shown()) {
         Ok(region) => {
             let h = region.header();
             let pid = h.server_pid.load(Ordering::SeqCst);
@@ -229,39 +306,76 @@ fn judge_region(name: &str, path: &Path) -> io::Result<Result<String, String>> {
 
 impl Transport for Shm {
     fn name(&self) -> &'static str {
-        "shm"
+        match self.backing {
+            Backing::PosixShm => "shm",
+            Backing::File => "mmap",
+        }
     }
     fn description(&self) -> &'static str {
-        "POSIX shared memory, process-shared semaphores (blocking), one client"
+        match self.backing {
+            Backing::PosixShm => {
+                "POSIX shared memory, process-shared semaphores (blocking), one client"
+            }
+            Backing::File => {
+                "a memory-mapped regular file, process-shared semaphores inside it (blocking), one client"
+            }
+        }
     }
     fn kernel_objects(&self) -> &'static str {
-        "shared memory object /dev/shm/ipclab-<uid>-<hash>-<name>; semaphores live inside it"
+        match self.backing {
+            Backing::PosixShm => {
+                "shared memory object /dev/shm/ipclab-<uid>-<hash>-<name>; semaphores live inside it"
+            }
+            Backing::File => {
+                "file <dir>/<name>.mmap mapped MAP_SHARED by both; semaphores live inside it"
+            }
+        }
     }
     fn inspect_note(&self) -> &'static str {
+        if self.backing == Backing::File {
+            return "Both processes map the same regular file, <name>.mmap in the runtime directory: their mappings show its path with s (shared) in the permissions, as for shm, but this is an ordinary file on an ordinary file system. Its pages are the file's page-cache pages, so the kernel also writes them back to the file from time to time (dirty pages); on a tmpfs such as /run/user that costs nothing, on a disk it is I/O the shm transport never does. The semaphores live inside the mapping.";
+        }
         "Both processes map the same /dev/shm object (POSIX shared memory: a file in a tmpfs). Their mappings name the same path with s (shared) in the permissions, and neither holds a socket or pipe for it: after shm_open(3) and mmap(2) the descriptor is no longer needed. The payload is copied into the mapping and out of it; the semaphores that say whose turn it is live inside the mapping (process-shared sem_t), so they appear nowhere else."
     }
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
-        let prefix = shm_prefix(dir);
-        let Ok(entries) = std::fs::read_dir("/dev/shm") else {
-            return Vec::new();
+        let name = self.name();
+        // The objects of `dir`'s servers, as (instance name, object).
+        let objects: Vec<Object> = match self.backing {
+            Backing::PosixShm => {
+                let prefix = shm_prefix(dir);
+                let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+                    return Vec::new();
+                };
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&prefix[1..]))
+                    .collect();
+                names.sort();
+                names
+                    .into_iter()
+                    .map(|n| Object {
+                        backing: Backing::PosixShm,
+                        path: PathBuf::from(format!("/dev/shm/{n}")),
+                        name: format!("/{n}"),
+                    })
+                    .collect()
+            }
+            Backing::File => clean::files_with_suffix(dir, MMAP_SUFFIX)
+                .into_iter()
+                .map(|(_, path)| Object {
+                    backing: Backing::File,
+                    name: String::new(),
+                    path,
+                })
+                .collect(),
         };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix[1..]))
-            .collect();
-        names.sort();
-        names
-            .into_iter()
-            .map(|n| {
-                let path = PathBuf::from(format!("/dev/shm/{n}"));
-                Leftover::judge_file(
-                    "shm",
-                    "POSIX shm object",
-                    &path,
-                    |t| t.is_file(),
-                    || judge_region(&format!("/{n}"), &path),
-                )
-            })
+        let what = match self.backing {
+            Backing::PosixShm => "POSIX shm object",
+            Backing::File => "mapped file",
+        };
+        objects
+            .iter()
+            .map(|o| Leftover::judge_file(name, what, &o.path, |t| t.is_file(), || judge_region(o)))
             .collect()
     }
     fn capabilities(&self) -> Capabilities {
@@ -275,21 +389,25 @@ impl Transport for Shm {
     }
 
     fn external_objects(&self, cfg: &Config) -> Vec<PathBuf> {
-        vec![PathBuf::from(format!("/dev/shm{}", shm_name(cfg)))]
+        match self.backing {
+            Backing::PosixShm => vec![Object::of(self.backing, cfg).path],
+            Backing::File => Vec::new(),
+        }
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
         runtime::prepare_dir(&cfg.dir)?;
-        let name = shm_name(cfg);
+        let obj = Object::of(self.backing, cfg);
+        let name = obj.shown();
         let size = DATA_OFFSET + 2 * CAPACITY;
-        let fd = create_replacing_stale(&name)?;
-        let file = CreatedPath::adopt(PathBuf::from(format!("/dev/shm{name}")))?;
+        let fd = create_replacing_stale(&obj)?;
+        let file = CreatedPath::adopt(obj.path.clone())?;
         fchmod(&fd, Mode::S_IRUSR | Mode::S_IWUSR)?;
         ftruncate(&fd, size as libc::off_t).map_err(|e| {
             io::Error::new(
                 io::Error::from(e).kind(),
                 format!(
-                    "cannot size {name} to {size} bytes: {e} (is /dev/shm full? see df -h /dev/shm)"
+                    "cannot size {name} to {size} bytes: {e} (is its file system full? see df -h)"
                 ),
             )
         })?;
@@ -317,25 +435,23 @@ impl Transport for Shm {
     }
 
     fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>> {
-        let name = shm_name(cfg);
-        let fd = match shm_open(
-            name.as_str(),
-            OFlag::O_RDWR | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
+        let obj = Object::of(self.backing, cfg);
+        let name = obj.shown();
+        let fd = match obj.open_with(OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!(
-                        "no server: /dev/shm{name} does not exist (start one with `ipclab serve shm`)"
+                        "no server: {name} does not exist (start one with `ipclab serve {}`)",
+                        self.name()
                     ),
                 ));
             }
             Err(e) => {
                 return Err(io::Error::new(
                     io::Error::from(e).kind(),
-                    format!("shm_open({name}): {e}"),
+                    format!("cannot open {name}: {e}"),
                 ));
             }
         };
@@ -345,7 +461,7 @@ impl Transport for Shm {
         if h.closed.load(Ordering::SeqCst) != 0 || !pid_alive(server) {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
-                format!("the server of /dev/shm{name} (pid {server}) is gone: a stale region"),
+                format!("the server of {name} (pid {server}) is gone: a stale region"),
             ));
         }
         // Claim the one client slot. A slot whose client has left or died is
@@ -362,7 +478,8 @@ impl Transport for Shm {
                     return Err(io::Error::new(
                         io::ErrorKind::AddrInUse,
                         format!(
-                            "busy: the shm server serves one client at a time, and pid {holder} is connected"
+                            "busy: the {} server serves one client at a time, and pid {holder} is connected",
+                            self.name()
                         ),
                     ));
                 }
@@ -393,44 +510,38 @@ impl Transport for Shm {
 }
 
 /// Create the object exclusively; a leftover whose server is dead is
-/// replaced, a live server's is an error.
-fn create_replacing_stale(name: &str) -> io::Result<std::os::fd::OwnedFd> {
+/// replaced, a live server's is an error, and anything not ours is left
+/// alone.
+fn create_replacing_stale(obj: &Object) -> io::Result<std::os::fd::OwnedFd> {
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC;
     let mode = Mode::S_IRUSR | Mode::S_IWUSR;
-    match shm_open(name, flags, mode) {
+    let name = obj.shown();
+    match obj.open_with(flags, mode) {
         Ok(fd) => return Ok(fd),
         Err(Errno::EEXIST) => {}
         Err(e) => {
             return Err(io::Error::new(
                 io::Error::from(e).kind(),
-                format!("shm_open({name}): {e}"),
+                format!("cannot create {name}: {e}"),
             ));
         }
     }
-    let fd = shm_open(name, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
-    let meta = File::from(fd.try_clone()?).metadata()?;
-    if meta.uid() != getuid().as_raw() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "/dev/shm{name} belongs to uid {}; not removing it",
-                meta.uid()
-            ),
-        ));
-    }
-    if let Ok(region) = map_existing(fd, name) {
+    // A symbolic link (or anything else) planted there is not ours.
+    runtime::check_ours(&obj.path, |t| t.is_file(), "a region")?;
+    let fd = obj.open_with(OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+    if let Ok(region) = map_existing(fd, &name) {
         let pid = region.header().server_pid.load(Ordering::SeqCst);
         if pid_alive(pid) && region.header().closed.load(Ordering::SeqCst) == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
                 format!(
-                    "/dev/shm{name} is already in use by a live server (pid {pid}; pick another --name)"
+                    "{name} is already in use by a live server (pid {pid}; pick another --name)"
                 ),
             ));
         }
     }
-    shm_unlink(name)?;
-    Ok(shm_open(name, flags, mode)?)
+    obj.unlink()?;
+    Ok(obj.open_with(flags, mode)?)
 }
 
 /// Map an existing region after checking its size and magic (so a short
@@ -441,7 +552,7 @@ fn map_existing(fd: std::os::fd::OwnedFd, name: &str) -> io::Result<Region> {
     let bad = || {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("/dev/shm{name} is not an ipclab region"),
+            format!("{name} is not an ipclab region"),
         )
     };
     if size < DATA_OFFSET {
@@ -477,7 +588,7 @@ impl Drop for ShmServer {
 
 impl Listener for ShmServer {
     fn endpoint(&self) -> String {
-        format!("/dev/shm{}", self.name)
+        self.name.clone()
     }
 
     fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>> {
