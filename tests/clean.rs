@@ -130,6 +130,7 @@ fn removes_what_killed_servers_left_and_nothing_else() {
             "shm",
             "mmap",
             "shm-spin",
+            "eventfd",
             "signal",
             "flock",
             "unix",

@@ -470,6 +470,7 @@ conformance!(posix_mq => "posix-mq");
 conformance!(shm);
 conformance!(mmap);
 conformance!(shm_spin => "shm-spin");
+conformance!(eventfd);
 conformance!(signal);
 conformance!(flock);
 conformance!(unix);

@@ -262,6 +262,7 @@ fn demo_inspect_shows_each_transports_objects() {
         ("shm", "POSIX shm"),
         ("shm-spin", "ipclab-spin-"),
         ("mmap", "shared file"),
+        ("eventfd", "[eventfd] eventfd-count"),
         ("signal", "blocked SIGRT"),
         ("flock", "OFDLCK WRITE"),
         ("unix", "unix/stream"),

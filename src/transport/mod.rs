@@ -51,6 +51,7 @@ use std::time::Duration;
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::runtime;
 
+pub mod eventfd;
 pub mod fifo;
 pub mod flock;
 pub mod msgq;
@@ -270,6 +271,7 @@ pub fn all() -> &'static [&'static dyn Transport] {
         &shm::SHM,
         &shm::MMAP,
         &shm_spin::ShmSpin,
+        &eventfd::Eventfd,
         &signal::Signal,
         &flock::Flock,
         &unix::Unix,
