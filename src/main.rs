@@ -252,6 +252,11 @@ struct BenchArgs {
     /// Skip the raw-syscall reference rows (raw-pipe, raw-unix, raw-tcp)
     #[arg(long)]
     no_baselines: bool,
+    /// Measure a server already running at HOST:PORT (e.g. `ipclab serve tcp
+    /// --addr 0.0.0.0:8008` on another machine) instead of starting one:
+    /// network transports only (default: tcp); no placement, no baselines
+    #[arg(long, value_name = "HOST:PORT")]
+    connect: Option<String>,
     /// Draw p50 (with a p99 whisker) against payload size, log-log, as SVG or PNG
     #[arg(long, value_name = "FILE.svg|FILE.png")]
     plot: Option<PathBuf>,
@@ -565,7 +570,11 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     let mut names = a.names.clone();
     names.extend(a.transports.iter().cloned());
     let transports: Vec<&'static dyn transport::Transport> = if names.is_empty() {
-        transport::all().to_vec()
+        if a.connect.is_some() {
+            vec![transport::by_name("tcp")?]
+        } else {
+            transport::all().to_vec()
+        }
     } else {
         names
             .iter()
@@ -575,14 +584,26 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     if a.sizes.is_empty() {
         bail!("--sizes names no size");
     }
+    if a.connect.is_some()
+        && let Some(t) = transports
+            .iter()
+            .find(|t| !t.capabilities().crosses_machines)
+    {
+        bail!(
+            "--connect measures a server on another machine: {} does not cross machines (try tcp or udp)",
+            t.name()
+        );
+    }
     if let Some(p) = &a.plot {
         ipclab::bench::plot::check_path(p)?;
     }
-    let placements = match a.placement {
-        PlacementArg::SameCore => vec![Placement::SameCore],
-        PlacementArg::CrossCore => vec![Placement::CrossCore],
-        PlacementArg::None => vec![Placement::None],
-        PlacementArg::Both => vec![Placement::SameCore, Placement::CrossCore],
+    let placements = match (a.placement, &a.connect) {
+        // The server is not ours to pin.
+        (_, Some(_)) => vec![Placement::None],
+        (PlacementArg::SameCore, _) => vec![Placement::SameCore],
+        (PlacementArg::CrossCore, _) => vec![Placement::CrossCore],
+        (PlacementArg::None, _) => vec![Placement::None],
+        (PlacementArg::Both, _) => vec![Placement::SameCore, Placement::CrossCore],
     };
     let mut cfg = Config::default();
     if let Some(d) = &a.dir {
@@ -620,6 +641,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
             iterations: a.iterations,
             time_limit_s: a.time.as_secs_f64(),
             warmup: a.warmup,
+            remote_server: a.connect.clone(),
         },
         floors,
         results: Vec::new(),
@@ -638,7 +660,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     let fancy = io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none()
         && std::env::var("TERM").map_or(true, |t| t != "dumb");
-    let baselines: Vec<bench::raw::RawKind> = if a.no_baselines {
+    let baselines: Vec<bench::raw::RawKind> = if a.no_baselines || a.connect.is_some() {
         Vec::new()
     } else {
         bench::raw::RawKind::ALL
@@ -693,11 +715,18 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     } else {
         Box::new(io::stderr().lock())
     };
-    writeln!(
-        out,
-        "ipclab bench: {} CPU(s), {}; round trips between two processes",
-        report.environment.cores, report.environment.cpu_model
-    )?;
+    match &report.environment.remote_server {
+        Some(addr) => writeln!(
+            out,
+            "ipclab bench: {} CPU(s), {}; round trips to the server at {addr} (its CPU time is not in CPU/RTT)",
+            report.environment.cores, report.environment.cpu_model
+        )?,
+        None => writeln!(
+            out,
+            "ipclab bench: {} CPU(s), {}; round trips between two processes",
+            report.environment.cores, report.environment.cpu_model
+        )?,
+    }
     report.write_tables(&mut out)?;
     writeln!(out)?;
     for line in report.summary() {

@@ -557,3 +557,48 @@ pub fn run_transport(
     let _ = server.stop();
     cells
 }
+
+/// `bench --connect ADDR`: measure a server that is already running at
+/// `addr` (possibly on another machine) over network transport `t`. The
+/// client is not pinned and the server's CPU time is unknown (zero).
+pub fn run_remote(
+    plan: &Plan,
+    t: &'static dyn Transport,
+    addr: &str,
+    mut on_cell: impl FnMut(&Cell),
+) -> Vec<Cell> {
+    let mut cfg = plan.cfg.clone();
+    cfg.addr = addr.to_string();
+    let mut cells = Vec::new();
+    match t.connect(&cfg) {
+        Ok(link) => {
+            let mut client = Client::from_link(link, cfg.max_frame, Form::Binary);
+            for &size in &plan.sizes {
+                // pid 0: no process of ours to read the usage of.
+                let cell = measure(
+                    &mut client,
+                    0,
+                    t.name(),
+                    Placement::None,
+                    size,
+                    plan.iterations,
+                    plan.time,
+                    plan.warmup,
+                );
+                on_cell(&cell);
+                let failed = cell.error.is_some();
+                cells.push(cell);
+                if failed {
+                    break;
+                }
+            }
+        }
+        Err(e) => {
+            let mut c = Cell::empty(t.name(), Placement::None, plan.sizes[0]);
+            c.error = Some(format!("cannot connect to {addr}: {e}"));
+            on_cell(&c);
+            cells.push(c);
+        }
+    }
+    cells
+}

@@ -55,6 +55,10 @@ pub struct Environment {
     pub iterations: u64,
     pub time_limit_s: f64,
     pub warmup: u64,
+    /// `bench --connect`: the server measured was already running there
+    /// (another machine, perhaps); its CPU time is not known.
+    #[serde(default)]
+    pub remote_server: Option<String>,
 }
 
 /// A reference figure measured in the same run.
