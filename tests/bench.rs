@@ -283,3 +283,59 @@ fn saved_runs_are_shown_plotted_and_compared_by_the_script() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("is not a run saved by"));
     });
 }
+
+#[test]
+fn connect_measures_a_running_server_and_refuses_local_only_transports() {
+    watchdog(Duration::from_secs(60), || {
+        for t in ["tcp", "udp"] {
+            let env = common::Env::new(t);
+            let server = env.server();
+            let addr = server.client_config(&env.cfg).addr;
+            let json = env.dir().join("remote.json");
+            let out = Command::new(exe())
+                .args([
+                    "bench",
+                    t,
+                    "--connect",
+                    &addr,
+                    "--sizes",
+                    "64",
+                    "--time",
+                    "0.05",
+                ])
+                .args(["--warmup", "5", "--export-json"])
+                .arg(&json)
+                .args(["--dir"])
+                .arg(env.dir().join("run"))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{t}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(text.contains(&format!("the server at {addr}")), "{text}");
+            let report: Report =
+                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            assert_eq!(
+                report.environment.remote_server.as_deref(),
+                Some(addr.as_str())
+            );
+            let cell = &report.results[0];
+            assert_eq!(
+                (cell.transport.as_str(), cell.placement),
+                (t, Placement::None)
+            );
+            assert!(cell.error.is_none() && cell.round_trips > 0, "{cell:?}");
+            // Nothing was started: no baseline rows.
+            assert!(report.results.iter().all(|c| !c.baseline));
+        }
+        let out = Command::new(exe())
+            .args(["bench", "shm", "--connect", "127.0.0.1:1"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("does not cross machines"));
+    });
+}
