@@ -137,7 +137,11 @@ pub fn run(
                 // No longer serving: free the place first, then let the link
                 // clean up (which may wait for the client to leave).
                 drop(guard);
-                drop(link);
+                if matches!(end, Ok(SessionEnd::Refused(_))) {
+                    linger(link);
+                } else {
+                    drop(link);
+                }
                 if log {
                     match end {
                         Ok(end) => {
@@ -155,6 +159,27 @@ pub fn run(
     }
     drop(listener);
     Ok(())
+}
+
+/// After refusing a message, the client may still be sending the rest of
+/// it. Closing a TCP socket with unread data makes the kernel answer with a
+/// reset, and a client whose next `write` fails with it may exit without
+/// ever reading the error reply that explains why (socat does exactly
+/// that). So the close waits a quarter second — on a thread of its own,
+/// which no longer counts as a session — giving the client time to read
+/// the reply first. (Reading and discarding the rest, as a web server's
+/// "lingering close" does, could wait as long as the idle timeout on a
+/// client that stops sending: a generic link has no shorter read timeout.)
+fn linger(link: Box<dyn Link>) {
+    let spawned = std::thread::Builder::new()
+        .name("linger".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(250));
+            drop(link);
+        });
+    // No thread: just close (the closure, and the link, are dropped).
+    drop(spawned);
 }
 
 struct ActiveGuard(Arc<AtomicUsize>);
