@@ -109,7 +109,7 @@ fn load(t: &'static dyn Transport, rounds: usize) -> String {
             let (env, server, bytes) = (Arc::clone(&env), Arc::clone(&server), Arc::clone(&bytes));
             std::thread::spawn(move || {
                 let mut c = env.client(&server, Form::Binary);
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1) * 0x1000_0001);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1000_0001));
                 // Random bytes made once; each request is a random window of
                 // them (cheap to make even in a debug build), stamped below.
                 let noise: Vec<u8> = (0..2 * MAX_SIZE).map(|_| rng.next() as u8).collect();
