@@ -156,14 +156,44 @@ pub fn read(fd: std::os::fd::RawFd, buf: &mut [u8], timeout: Duration) -> io::Re
     )
 }
 
-/// Is process `pid` still there? (`kill(pid, 0)`.)
+/// Is process `pid` still there and running? `kill(pid, 0)` says whether
+/// the pid exists; a killed process whose parent has not reaped it yet (a
+/// zombie, state `Z` in `/proc/<pid>/stat`) still exists but will never
+/// answer, so it counts as gone.
 pub fn pid_alive(pid: i32) -> bool {
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) != Err(Errno::ESRCH)
+    if pid <= 0
+        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH)
+    {
+        return false;
+    }
+    // "pid (comm) S …": the state follows the last ')'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(pid_alive(pid));
+        child.kill().unwrap();
+        // Killed but not reaped yet: a zombie.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!pid_alive(pid));
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
+    }
 
     #[test]
     fn a_blocking_call_is_bounded() {

@@ -77,6 +77,20 @@ impl Drop for ForeignQueue {
     }
 }
 
+/// Runs `ipclab clean --force` on the directory when dropped (also when a
+/// failed assertion unwinds).
+struct Sweep(std::path::PathBuf);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let _ = Command::new(exe())
+            .args(["clean", "--force", "--dir"])
+            .arg(&self.0)
+            .stdout(Stdio::null())
+            .output();
+    }
+}
+
 #[test]
 fn removes_what_killed_servers_left_and_nothing_else() {
     watchdog(LIMIT, || {
@@ -85,6 +99,9 @@ fn removes_what_killed_servers_left_and_nothing_else() {
         let dir = base.dir().to_path_buf();
         let foreign = dir.join("notes.txt");
         std::fs::write(&foreign, b"a student's notes").unwrap();
+        // Whatever happens below, the dead servers' objects outside the
+        // directory do not outlive the test.
+        let _sweep = Sweep(dir.clone());
         let foreign_queue = ForeignQueue::new();
         let foreign_q = foreign_queue.0;
 
@@ -113,11 +130,34 @@ fn removes_what_killed_servers_left_and_nothing_else() {
             live.push((env.server(), env));
         }
 
+        let gone = {
+            let mut c = Command::new("true").spawn().unwrap();
+            c.wait().unwrap();
+            c.id()
+        };
+        let planted = dir.join(format!("dead-fifo.{gone}-0.reply"));
+        nix::unistd::mkfifo(
+            &planted,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+
         // Without --force: listed, nothing removed.
         let before = std::fs::read_dir(&dir).unwrap().count();
         let found = clean(&dir, false);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), before);
         let stale: Vec<&Value> = found.iter().filter(|l| l["verdict"] == "stale").collect();
+        assert!(
+            stale.iter().any(|l| l["object"]
+                .as_str()
+                .unwrap()
+                .ends_with(planted.to_str().unwrap())),
+            "the planted reply FIFO of a dead client: {found:#?}"
+        );
+        let stale: Vec<&Value> = stale
+            .into_iter()
+            .filter(|l| !l["object"].as_str().unwrap().contains("reply FIFO"))
+            .collect();
         for l in &stale {
             // The object, or (for a SysV queue) the key file it came from.
             let named = format!("{} {}", l["object"], l["why"]);
@@ -141,11 +181,15 @@ fn removes_what_killed_servers_left_and_nothing_else() {
                 "nothing stale found for {t}: {found:#?}"
             );
         }
+        // The killed fifo client left no reply FIFO (the server removes its
+        // name once both ends are open); one left by a client killed before
+        // that — planted here, with the pid of a process that is gone — is
+        // found by the pid in its name.
         assert!(
             stale
                 .iter()
-                .any(|l| l["object"].as_str().unwrap().contains("reply FIFO")),
-            "the killed fifo client's reply FIFO: {found:#?}"
+                .all(|l| !l["object"].as_str().unwrap().contains("reply FIFO")),
+            "{found:#?}"
         );
 
         // With --force: the dead servers' objects are gone.

@@ -526,9 +526,18 @@ impl FifoServer {
             // The client left before we got to it.
             Err(_) => return None,
         };
-        match tx.metadata() {
-            Ok(m) if m.file_type().is_fifo() && m.uid() == getuid().as_raw() => {}
+        let opened = match tx.metadata() {
+            Ok(m) if m.file_type().is_fifo() && m.uid() == getuid().as_raw() => m,
             _ => return None,
+        };
+        // Both ends are open now (the client opened its end for reading
+        // before it said HELLO), so the name has done its job: remove it,
+        // and a client killed from here on leaves nothing behind. (The
+        // same "unlink after open" as posix-mq's connection queues.)
+        if let Ok(m) = fs::symlink_metadata(&path)
+            && (m.dev(), m.ino()) == (opened.dev(), opened.ino())
+        {
+            let _ = fs::remove_file(&path);
         }
         let inbox = SharedInbox::default();
         self.sessions.insert(
