@@ -60,8 +60,13 @@
 //! # Liveness
 //! A client killed with SIGKILL sends no BYE. The server checks, while a
 //! session waits for data, whether the client's pid still exists
-//! (`kill(pid, 0)`), and ends the session of a dead client within a second,
-//! removing the reply FIFO it left behind. A stale request FIFO left by a
+//! (`kill(pid, 0)`), and ends the session of a dead client within a second.
+//! The reply FIFO's *name* is gone long before: once the server has opened
+//! it for writing (the client opened it for reading before its HELLO), the
+//! server removes it — both ends are open, so the FIFO lives on nameless
+//! until they close, and a client killed afterwards leaves nothing. Only a
+//! client killed between creating it and the HELLO leaves one, which
+//! `ipclab clean` recognises by the dead pid in its name. A stale request FIFO left by a
 //! SIGKILLed server is recognised by the next server (opening it for writing
 //! fails with `ENXIO`: nobody reads it) and replaced; a live server's FIFO is
 //! reported as in use.
@@ -120,7 +125,7 @@ impl Transport for Fifo {
         "FIFO <dir>/<name>.fifo for requests; FIFO <dir>/<name>.<pid>-<n>.reply per client"
     }
     fn inspect_note(&self) -> &'static str {
-        "The server holds the request FIFO <name>.fifo open for reading, and for writing too, so that its reads never see end-of-file between clients. The client holds the same FIFO (the same inode) for writing, and its own reply FIFO for reading while the server holds that one for writing. Unlike a pipe, a FIFO has a path (type p in ls -l), so unrelated processes can meet at it; the data still goes through a kernel pipe buffer and never touches the disk."
+        "The server holds the request FIFO <name>.fifo open for reading, and for writing too, so that its reads never see end-of-file between clients. The client holds the same FIFO (the same inode) for writing, and its own reply FIFO for reading while the server holds that one for writing; the reply FIFO's name is already gone (the server removed it once both ends were open), which is why only one FIFO file is listed below. Unlike a pipe, a FIFO has a path (type p in ls -l), so unrelated processes can meet at it; the data still goes through a kernel pipe buffer and never touches the disk."
     }
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
         let mut found: Vec<Leftover> = clean::files_with_suffix(dir, ".fifo")
