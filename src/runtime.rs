@@ -171,7 +171,14 @@ pub fn create_pid_file(path: &Path) -> io::Result<CreatedPath> {
                     ),
                 ));
             }
-            _ => fs::remove_file(path)?,
+            Ok(_) => fs::remove_file(path)?,
+            // Not a pid file we wrote: not ours to remove.
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{e}: it is not an ipclab pid file; not removing it"),
+                ));
+            }
         }
     }
     let mut f = fs::OpenOptions::new()

@@ -233,6 +233,9 @@ impl Transport for Flock {
                     &path,
                     |t| t.is_file(),
                     || {
+                        if !looks_like_ours(&path) {
+                            return Err(io::Error::other("not an ipclab flock data file"));
+                        }
                         let file = fs::OpenOptions::new()
                             .read(true)
                             .write(true)
@@ -395,6 +398,16 @@ impl Transport for Flock {
 fn open_replacing_stale(path: &Path) -> io::Result<File> {
     if fs::symlink_metadata(path).is_ok() {
         runtime::check_ours(path, fs::FileType::is_file, "a data file")?;
+        // Only a file that a server of ours made is taken over (and resized).
+        if !looks_like_ours(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not an ipclab flock data file; not touching it",
+                    path.display()
+                ),
+            ));
+        }
     }
     let file = fs::OpenOptions::new()
         .read(true)
@@ -415,6 +428,18 @@ fn open_replacing_stale(path: &Path) -> io::Result<File> {
         )),
         Err(e) => Err(e),
     }
+}
+
+/// The size and the magic number of our data files.
+fn looks_like_ours(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let mut magic = [0u8; 8];
+    f.metadata().is_ok_and(|m| m.len() == FILE_LEN as u64)
+        && f.read_exact(&mut magic).is_ok()
+        && u64::from_ne_bytes(magic) == MAGIC
 }
 
 struct FlockServer {

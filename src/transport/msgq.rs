@@ -280,7 +280,14 @@ fn remove_stale(key_path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    let recorded = read_key_file(key_path);
+    // Not a key file we wrote: not ours to remove.
+    let recorded = read_key_file(key_path).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{e}: it is not an ipclab key file; not removing it"),
+        )
+    });
+    let recorded: io::Result<(i32, u8)> = Ok(recorded?);
     if let Ok((pid, _)) = recorded
         && pid_alive(pid)
     {

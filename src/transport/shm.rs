@@ -275,7 +275,6 @@ pub(crate) fn shm_prefix(dir: &Path) -> String {
 
 /// For `clean`: is the region `obj` a live server's?
 fn judge_region(obj: &Object) -> io::Result<Result<String, String>> {
-    let path = &obj.path;
     let fd = obj.open_with(OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
     match map_existing(fd, &obj.shown()) {
         Ok(region) => {
@@ -287,20 +286,10 @@ fn judge_region(obj: &Object) -> io::Result<Result<String, String>> {
                 Err(format!("its server, pid {pid}, is gone"))
             })
         }
-        // A server killed between creating and initialising the region
-        // leaves it without a header; one that is being created right now
-        // looks the same for a moment, so only an old one is stale.
-        Err(e) => {
-            let age = std::fs::metadata(path)?
-                .modified()?
-                .elapsed()
-                .unwrap_or_default();
-            Ok(if age < Duration::from_secs(10) {
-                Ok(format!("{e}, but it is new: a server may be creating it"))
-            } else {
-                Err(format!("{e}: its server died while creating it"))
-            })
-        }
+        // Not a region of ours (or one whose server died in the instant
+        // between creating and initialising it: the two cannot be told
+        // apart, so it is left alone).
+        Err(e) => Err(e),
     }
 }
 
@@ -529,16 +518,19 @@ fn create_replacing_stale(obj: &Object) -> io::Result<std::os::fd::OwnedFd> {
     // A symbolic link (or anything else) planted there is not ours.
     runtime::check_ours(&obj.path, |t| t.is_file(), "a region")?;
     let fd = obj.open_with(OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
-    if let Ok(region) = map_existing(fd, &name) {
-        let pid = region.header().server_pid.load(Ordering::SeqCst);
-        if pid_alive(pid) && region.header().closed.load(Ordering::SeqCst) == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!(
-                    "{name} is already in use by a live server (pid {pid}; pick another --name)"
-                ),
-            ));
-        }
+    // Only a region a server of ours made is replaced.
+    let region = map_existing(fd, &name).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{e}; not removing it"),
+        )
+    })?;
+    let pid = region.header().server_pid.load(Ordering::SeqCst);
+    if pid_alive(pid) && region.header().closed.load(Ordering::SeqCst) == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{name} is already in use by a live server (pid {pid}; pick another --name)"),
+        ));
     }
     obj.unlink()?;
     Ok(obj.open_with(flags, mode)?)

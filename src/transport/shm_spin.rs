@@ -443,17 +443,9 @@ impl Transport for ShmSpin {
                                     Err(format!("its server, pid {pid}, is gone"))
                                 }
                             }
-                            Err(e) => {
-                                let age = std::fs::metadata(&path)?
-                                    .modified()?
-                                    .elapsed()
-                                    .unwrap_or_default();
-                                if age < Duration::from_secs(10) {
-                                    Ok(format!("{e}, but it is new: a server may be creating it"))
-                                } else {
-                                    Err(format!("{e}: its server died while creating it"))
-                                }
-                            }
+                            // Not ours, or (indistinguishably) one whose
+                            // server died while creating it: left alone.
+                            Err(e) => return Err(e),
                         })
                     },
                 )
@@ -488,7 +480,14 @@ fn create_replacing_stale(name: &str) -> io::Result<std::os::fd::OwnedFd> {
             ),
         ));
     }
-    if let Ok(region) = map_existing(fd, name) {
+    // Only a region a server of ours made is replaced.
+    let region = map_existing(fd, name).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{e}; not removing it"),
+        )
+    })?;
+    {
         let h = region.header();
         let pid = h.server_pid.load(Ordering::SeqCst);
         if pid_alive(pid) && h.closed.load(Ordering::SeqCst) == 0 {
