@@ -203,8 +203,10 @@ pub fn server_killed_mid_session(env: Env) {
         let done = Arc::clone(&done);
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
-            let _ = kill(pid, Signal::SIGKILL);
+            // Said before the kill: the client may notice the death before
+            // this thread runs again.
             done.store(true, Ordering::SeqCst);
+            let _ = kill(pid, Signal::SIGKILL);
         })
     };
     // Large echoes until the server dies under us: the client must see an

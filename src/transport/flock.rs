@@ -45,7 +45,14 @@
 //! without waiting (`F_OFD_SETLK`): if it is taken, the server is busy with
 //! another client. After every wait, the winner checks that its peer's
 //! presence lock is still held: a lock obtained because the peer *died*
-//! (the kernel released its locks) is then recognised as such.
+//! (the kernel released its locks) is then recognised as such. A lock says
+//! only that *someone* holds S, so a client also writes a session id into
+//! the header (zero the moment it takes S, its own id once set up): a
+//! server session whose client died and whose S was taken by the next
+//! client sees the id change and ends, instead of taking the newcomer's
+//! turns for its dead client's. And a reader's empty turns share one
+//! deadline, so two parties that both wait to read end in a timeout, never
+//! in a loop.
 //!
 //! # The one place that polls
 //! A lock can only wake a waiter when someone *releases* it; a client that
@@ -336,6 +343,13 @@ impl Transport for Flock {
             }
             Err(e) => return Err(e),
         }
+        // S is ours: say at once that whoever held it before is gone (a
+        // server session still serving a client that died checks this, and
+        // ends instead of taking our turns for its client's).
+        let map = MmapOptions::new().len(FILE_LEN).map_raw(&file)?;
+        let shared = Arc::new(Shared { file, map });
+        shared.set_u64(H_SESSION, 0);
+        let file = &shared.file;
         // Turn 0 is ours: locks 0 and 1. A session that is just ending may
         // still hold one of them for a moment: wait (bounded).
         let deadline = Instant::now() + cfg.timeout;
@@ -350,14 +364,14 @@ impl Transport for Flock {
             }
         };
         let setup = (|| {
-            lock_wait(&file, 0, deadline, || server_alive(&file))?;
-            lock_wait(&file, 1, deadline, || server_alive(&file))?;
+            lock_wait(file, 0, deadline, || server_alive(file))?;
+            lock_wait(file, 1, deadline, || server_alive(file))?;
             // The rotation starts with the server holding 2; an ending
             // session takes it back at once. Setup-time only: a bounded
             // check with back-off.
             let mut pause = Duration::from_millis(1);
-            while !held_by_other(&file, 2) {
-                server_alive(&file)?;
+            while !held_by_other(file, 2) {
+                server_alive(file)?;
                 if Instant::now() >= deadline {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -371,15 +385,13 @@ impl Transport for Flock {
         })();
         if let Err(e) = setup {
             for b in [0, 1, S] {
-                unlock(&file, b);
+                unlock(file, b);
             }
             return Err(e);
         }
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
         let session =
             ((std::process::id() as u64) << 32) | NEXT.fetch_add(1, Ordering::Relaxed) as u64;
-        let map = MmapOptions::new().len(FILE_LEN).map_raw(&file)?;
-        let shared = Arc::new(Shared { file, map });
         shared.set_u64(H_SESSION, session);
         Ok(Box::new(TurnLink::new(
             shared,
@@ -388,6 +400,7 @@ impl Transport for Flock {
             cfg.timeout,
             cfg.timeout,
             None,
+            session,
         )))
     }
 }
@@ -479,6 +492,7 @@ impl Listener for FlockServer {
             self.cfg.idle_timeout,
             self.cfg.timeout,
             Some(Arc::clone(&self.in_session)),
+            session,
         ))))
     }
 }
@@ -499,6 +513,8 @@ struct TurnLink {
     stash_off: usize,
     eof: bool,
     in_session: Option<Arc<AtomicBool>>,
+    /// The session id of this conversation (see `H_SESSION`).
+    session: u64,
 }
 
 impl TurnLink {
@@ -509,6 +525,7 @@ impl TurnLink {
         read_timeout: Duration,
         write_timeout: Duration,
         in_session: Option<Arc<AtomicBool>>,
+        session: u64,
     ) -> Self {
         TurnLink {
             shared,
@@ -522,6 +539,7 @@ impl TurnLink {
             stash_off: 0,
             eof: false,
             in_session,
+            session,
         }
     }
 
@@ -533,21 +551,30 @@ impl TurnLink {
     }
 
     fn peer_present(&self) -> io::Result<()> {
-        let (byte, who) = if self.server_side {
-            (S, "client")
-        } else {
-            (V, "server")
-        };
-        if held_by_other(&self.shared.file, byte) {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                format!("the {who} is gone"),
-            ))
-        }
+        present(&self.shared, self.server_side, self.session)
     }
+}
 
+/// Is the peer of a conversation still there? The server is, while it
+/// holds V. The client is while it holds S *and* the session id is still
+/// its own: a new client that took S after this one died zeroes it.
+fn present(shared: &Shared, server_side: bool, session: u64) -> io::Result<()> {
+    let (byte, who) = if server_side {
+        (S, "client")
+    } else {
+        (V, "server")
+    };
+    if held_by_other(&shared.file, byte) && (!server_side || shared.u64_at(H_SESSION) == session) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("the {who} is gone"),
+        ))
+    }
+}
+
+impl TurnLink {
     /// End our turn having put `out_len` bytes (or END) in our area; wait
     /// for our next turn and take in what the peer left.
     fn pass_turn(&mut self, out_len: u32, timeout: Duration) -> io::Result<()> {
@@ -571,21 +598,8 @@ impl TurnLink {
             None => 1, // the server's first turn: wait for lock 0
         };
         let shared = Arc::clone(&self.shared);
-        let (byte, who) = if self.server_side {
-            (S, "client")
-        } else {
-            (V, "server")
-        };
-        let alive = move || {
-            if held_by_other(&shared.file, byte) {
-                Ok(())
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("the {who} is gone"),
-                ))
-            }
-        };
+        let (server_side, session) = (self.server_side, self.session);
+        let alive = move || present(&shared, server_side, session);
         // Ending turn t we wait for lock 2t+2 mod 3 = 2·next − 2 mod 3.
         lock_wait(
             f,
@@ -610,6 +624,7 @@ impl TurnLink {
 
 impl Read for TurnLink {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let deadline = Instant::now() + self.read_timeout;
         loop {
             if self.stash_off < self.stash.len() {
                 let n = buf.len().min(self.stash.len() - self.stash_off);
@@ -638,8 +653,17 @@ impl Read for TurnLink {
             if self.eof {
                 return Ok(0);
             }
-            // Nothing to read: give the peer a turn (sending nothing).
-            self.pass_turn(0, self.read_timeout)?;
+            // Nothing to read: give the peer a turn (sending nothing). Empty
+            // turns count against one read timeout together, so two parties
+            // that both wait to read end in an error, not a loop.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "timed out waiting for the peer to send (only empty turns came)",
+                ));
+            }
+            self.pass_turn(0, left)?;
         }
     }
 }
