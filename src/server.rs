@@ -97,17 +97,28 @@ pub fn run(
         1
     };
     let mut next_id = 0u64;
+    // The last accept error reported: the same one is not repeated every
+    // tick while it lasts.
+    let mut failing: Option<i32> = None;
     while !stop.load(Ordering::SeqCst) {
         if listener.exhausted() && active.load(Ordering::SeqCst) == 0 {
             break;
         }
         let link = match listener.accept(TICK) {
-            Ok(Some(link)) => link,
+            Ok(Some(link)) => {
+                if failing.take().is_some() {
+                    eprintln!("ipclab: accepting clients again");
+                }
+                link
+            }
             Ok(None) => continue,
             Err(e) if is_transient(&e) => {
                 // Out of file descriptors or memory: say so, wait, and go on;
                 // the server recovers when the resource is back.
-                eprintln!("ipclab: accept failed: {e}{}; retrying", limit_hint(&e));
+                if failing != e.raw_os_error() {
+                    eprintln!("ipclab: accept failed: {e}{}; retrying", limit_hint(&e));
+                    failing = e.raw_os_error();
+                }
                 std::thread::sleep(TICK);
                 continue;
             }
@@ -213,7 +224,9 @@ fn is_transient(e: &io::Error) -> bool {
 
 fn limit_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
-        Some(libc::EMFILE) => " (the per-process open-file limit was reached: see `ulimit -n`)",
+        Some(libc::EMFILE) => {
+            " (the per-process open-file limit, RLIMIT_NOFILE, was reached: see `ulimit -n` and `ipclab limits`)"
+        }
         Some(libc::ENFILE) => {
             " (the system-wide open-file limit was reached: see /proc/sys/fs/file-max)"
         }

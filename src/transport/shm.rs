@@ -400,6 +400,10 @@ impl Transport for Shm {
                 ),
             )
         })?;
+        // Reserve the pages now: on a full tmpfs a sparse file maps fine
+        // and the first store into a missing page kills the process with
+        // SIGBUS; reserved, a full /dev/shm is an error here instead.
+        reserve(&fd, size, &name)?;
         let map = MmapOptions::new().len(size).map_raw(&File::from(fd))?;
         let region = Region { map, cap: CAPACITY };
         let h = region.header();
@@ -812,4 +816,19 @@ impl Drop for ShmLink {
             h.client_pid.store(0, Ordering::SeqCst);
         }
     }
+}
+
+/// `posix_fallocate(3)` over the whole region, with the error in words.
+fn reserve(fd: &std::os::fd::OwnedFd, size: usize, name: &str) -> io::Result<()> {
+    nix::fcntl::posix_fallocate(fd, 0, size as libc::off_t).map_err(|e| {
+        let hint = if e == Errno::ENOSPC {
+            " (/dev/shm is full: see `df -h /dev/shm` and `ipclab limits`)"
+        } else {
+            ""
+        };
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("cannot reserve {size} bytes for {name}: {e}{hint}"),
+        )
+    })
 }
