@@ -400,6 +400,8 @@ impl Transport for ShmSpin {
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),
             }
         }
+        // The slot is ours: we have not let go of it yet.
+        h.released.store(0, Ordering::SeqCst);
         h.connect.fetch_add(1, Ordering::SeqCst);
         futex_wake(&h.connect);
         Ok(Box::new(SpinLink::new(
@@ -809,8 +811,10 @@ impl Drop for SpinLink {
         {
             futex_wait(&h.released, 0, SLICE);
         }
+        // `released` stays 1 until the next client claims the slot: a
+        // client that finds the slot still taken then knows it is only
+        // being freed, not busy.
         self.region.reset_rings();
-        h.released.store(0, Ordering::SeqCst);
         h.client_pid.store(0, Ordering::SeqCst);
         if let Some(s) = &self.in_session {
             s.store(false, Ordering::SeqCst);
