@@ -64,9 +64,15 @@ fn open_file_limit_reached_then_recovered() {
         }
         let mut server = Reaped(server.spawn().unwrap());
         let sock = env.cfg.object_path(".sock");
+        // Ready when it accepts a connection (the file exists from bind(2)
+        // on, a moment before listen(2)).
         let until = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
+        loop {
+            match UnixStream::connect(&sock) {
+                Ok(mut probe) if ping(&mut probe) => break,
+                _ if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+                other => panic!("the server never got ready: {:?}", other.err()),
+            }
         }
         // More clients than the server has descriptors for: the first are
         // served, the rest wait in the backlog.
