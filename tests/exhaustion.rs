@@ -68,11 +68,12 @@ fn open_file_limit_reached_then_recovered() {
         // on, a moment before listen(2)).
         let until = Instant::now() + Duration::from_secs(10);
         loop {
-            match UnixStream::connect(&sock) {
-                Ok(mut probe) if ping(&mut probe) => break,
-                _ if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
-                other => panic!("the server never got ready: {:?}", other.err()),
+            let ready = UnixStream::connect(&sock).is_ok_and(|mut probe| ping(&mut probe));
+            if ready {
+                break;
             }
+            assert!(Instant::now() < until, "the server never got ready");
+            std::thread::sleep(Duration::from_millis(20));
         }
         // More clients than the server has descriptors for: the first are
         // served, the rest wait in the backlog.
