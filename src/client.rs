@@ -70,6 +70,8 @@ impl Client {
             ));
         }
         self.conn.send_request(self.form, req)?;
+        // The reply comes in the request's form (see protocol::scan_with).
+        self.conn.expect_lines(self.form == Form::Text);
         let msg = self.recv()?;
         parse_reply(&msg, req).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
@@ -106,6 +108,7 @@ impl Client {
             self.conn.link_mut(),
             &mut [io::IoSlice::new(line), io::IoSlice::new(b"\n")],
         )?;
+        self.conn.expect_lines(true);
         match self.conn.recv()? {
             None => Ok(None),
             Some(Message::Line(l)) => Ok(Some(l.to_vec())),

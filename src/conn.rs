@@ -39,6 +39,8 @@ pub struct FramedConn<L> {
     /// Length of the message last returned, dropped at the next `recv`.
     consume: usize,
     max: usize,
+    /// Read every message as a line (the reply to a text request).
+    lines_only: bool,
 }
 
 impl<L: Read + Write> FramedConn<L> {
@@ -53,7 +55,15 @@ impl<L: Read + Write> FramedConn<L> {
             searched: 0,
             consume: 0,
             max,
+            lines_only: false,
         }
+    }
+
+    /// Read the next messages as lines, whatever their first byte (for
+    /// replies to text requests; see [`protocol::scan_with`]), or again
+    /// tell the forms apart by the first byte.
+    pub fn expect_lines(&mut self, lines_only: bool) {
+        self.lines_only = lines_only;
     }
 
     /// The largest payload this connection accepts.
@@ -84,11 +94,11 @@ impl<L: Read + Write> FramedConn<L> {
         }
         let used = loop {
             let avail = &self.buf[self.start..self.end];
-            match protocol::scan(avail, self.searched, self.max) {
+            match protocol::scan_with(avail, self.searched, self.max, self.lines_only) {
                 Scan::Complete(_, used) => break used,
                 Scan::Incomplete { need } => {
                     let have = avail.len();
-                    if have > 0 && avail[0] != protocol::MAGIC {
+                    if have > 0 && (self.lines_only || avail[0] != protocol::MAGIC) {
                         self.searched = have;
                     }
                     self.make_room(need.unwrap_or(have + 1).max(have + 1));
@@ -119,7 +129,12 @@ impl<L: Read + Write> FramedConn<L> {
         // Scan once more to hand out the borrow (for a line, the hint makes
         // this O(1): the '\n' is known to be the last byte used).
         let hint = used.saturating_sub(1);
-        match protocol::scan(&self.buf[self.start..self.end], hint, self.max) {
+        match protocol::scan_with(
+            &self.buf[self.start..self.end],
+            hint,
+            self.max,
+            self.lines_only,
+        ) {
             Scan::Complete(m, _) => Ok(Some((m, &mut self.link))),
             Scan::Incomplete { .. } => unreachable!("a complete message stays complete"),
         }

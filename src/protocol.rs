@@ -138,10 +138,20 @@ pub enum Scan<'a> {
 /// (so a long line is not re-scanned from the start on every read);
 /// `max` is the largest payload or line accepted.
 pub fn scan(buf: &[u8], searched: usize, max: usize) -> Scan<'_> {
+    scan_with(buf, searched, max, false)
+}
+
+/// [`scan`] for a peer that knows it expects a line: with `lines_only`, a
+/// first byte of 0xA5 does not start a binary frame. A *request* always
+/// starts with a command word or the magic byte, so a server tells the
+/// forms apart by the first byte; but the *reply* to a text `echo` is the
+/// payload itself, which may start with any byte — so a client reads the
+/// reply to a text request as a line, whatever its first byte.
+pub fn scan_with(buf: &[u8], searched: usize, max: usize, lines_only: bool) -> Scan<'_> {
     let Some(&first) = buf.first() else {
         return Scan::Incomplete { need: None };
     };
-    if first == MAGIC {
+    if first == MAGIC && !lines_only {
         if buf.len() < HEADER_LEN {
             return Scan::Incomplete {
                 need: Some(HEADER_LEN),

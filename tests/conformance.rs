@@ -48,6 +48,9 @@ pub fn text_form(env: Env) {
     c.ping().unwrap();
     assert_eq!(c.echo(b"hello world").unwrap(), b"hello world");
     assert_eq!(c.echo(b"").unwrap(), b"");
+    // A text reply that starts with the binary magic byte is still a line
+    // (found by the fuzz test).
+    assert_eq!(c.echo(b"\xa5\x01\x82 x").unwrap(), b"\xa5\x01\x82 x");
     assert_eq!(c.send_line(b"echo with CR\r").unwrap().unwrap(), b"with CR");
     c.quit().unwrap();
 }
