@@ -154,6 +154,10 @@ struct ServeArgs {
     /// Pin the server (all its threads) to this CPU
     #[arg(long, value_name = "CPU")]
     pin_cpu: Option<usize>,
+    /// UNIX socket transports: refuse clients of another user (checked with
+    /// SO_PEERCRED; root can open any user's socket file)
+    #[arg(long)]
+    same_user: bool,
     /// Write "ready <addr> <endpoint>" to this inherited fd once listening
     #[arg(long, hide = true)]
     ready_fd: Option<i32>,
@@ -332,6 +336,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     let mut cfg = a.common.config();
     cfg.idle_timeout = a.idle_timeout;
     cfg.max_clients = a.max_clients;
+    cfg.same_user = a.same_user;
     if let Some(cpu) = a.pin_cpu {
         // Before any thread exists: the session threads inherit it.
         ipclab::bench::pin_this_thread(cpu)

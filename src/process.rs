@@ -75,6 +75,9 @@ pub fn serve_args(cfg: &Config) -> Vec<String> {
         "--max-clients".into(),
         cfg.max_clients.to_string(),
     ]);
+    if cfg.same_user {
+        args.push("--same-user".into());
+    }
     args
 }
 

@@ -156,3 +156,97 @@ fn network_transports_bind_loopback_by_default() {
         }
     });
 }
+
+#[test]
+fn same_user_refuses_other_users_by_their_credentials() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    watchdog(Duration::from_secs(60), || {
+        // The server runs as `nobody`; this test (root) connects as the
+        // other user — root may open any socket file, --same-user refuses it.
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: needs root to run a server as another user");
+            return;
+        }
+        let nobody = 65534;
+        let dir = tempfile::tempdir().unwrap();
+        let rt = dir.path().join("rt");
+        std::fs::create_dir(&rt).unwrap();
+        std::fs::set_permissions(&rt, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(nobody), Some(nobody)).unwrap();
+        std::os::unix::fs::chown(&rt, Some(nobody), Some(nobody)).unwrap();
+        let probe = Command::new(exe())
+            .arg("--version")
+            .uid(nobody)
+            .gid(nobody)
+            .output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            eprintln!("SKIPPED: nobody cannot run {}", exe().display());
+            return;
+        }
+        let server = Command::new(exe())
+            .args(["serve", "unix", "--same-user", "--quiet", "--dir"])
+            .arg(&rt)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .uid(nobody)
+            .gid(nobody)
+            .spawn()
+            .unwrap();
+        // Killed if an assertion below fails first.
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut server = Reaped(server);
+        let sock = rt.join("ipclab.sock");
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !sock.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        // Root: refused, told why.
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"ping\n");
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        assert!(
+            got.starts_with("ERR refused") && got.contains("uid 0"),
+            "{got:?}"
+        );
+        // Its own user: served.
+        let out = Command::new(exe())
+            .args(["client", "unix", "--dir"])
+            .arg(&rt)
+            .arg("ping")
+            .uid(nobody)
+            .gid(nobody)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "pong",
+            "{out:?}"
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        assert!(server.0.wait().unwrap().success());
+        let mut log = String::new();
+        server
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        assert!(log.contains("refused a client of uid 0"), "{log}");
+    });
+}

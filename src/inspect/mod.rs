@@ -40,6 +40,9 @@ use net::Tables;
 #[derive(Clone, Debug, Serialize)]
 pub struct Holder {
     pub pid: i32,
+    /// The process's real user id (`/proc/<pid>/status`): for a socket
+    /// peer, the credentials `SO_PEERCRED` would give the server.
+    pub uid: Option<u32>,
     pub command: String,
     pub fd: i32,
     /// `r`, `w` or `rw`, from its fdinfo.
@@ -253,6 +256,17 @@ pub fn command_line(pid: i32) -> String {
         }
         _ => comm(pid),
     }
+}
+
+fn uid_of(pid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn comm(pid: i32) -> String {
@@ -489,6 +503,7 @@ impl HolderIndex {
             .filter(|&&(p, f)| (p, f) != (pid, fd))
             .map(|&(p, f)| Holder {
                 pid: p,
+                uid: uid_of(p),
                 command: comm(p),
                 fd: f,
                 access: fdinfo(p, f).map(|i| i.access).unwrap_or_else(|| "?".into()),
@@ -649,7 +664,13 @@ pub fn signal_names(mask: u64) -> Vec<String> {
 
 fn holders(h: &[Holder]) -> String {
     h.iter()
-        .map(|h| format!("pid {} ({}) fd {} {}", h.pid, h.command, h.fd, h.access))
+        .map(|h| {
+            let uid = h.uid.map(|u| format!(" uid {u}")).unwrap_or_default();
+            format!(
+                "pid {} ({}){uid} fd {} {}",
+                h.pid, h.command, h.fd, h.access
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

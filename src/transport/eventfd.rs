@@ -220,6 +220,9 @@ impl Listener for EfdServer {
             return Ok(None);
         }
         let sock = socket::accept4(&self.listener, SockFlag::SOCK_CLOEXEC)?;
+        if !super::unix::admit(&sock, &self.cfg)? {
+            return Ok(None);
+        }
         // The descriptors are received by the session's own thread, on its
         // first read: a client that connects and sends nothing holds up
         // only its own session, never the accept loop.

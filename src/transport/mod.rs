@@ -179,6 +179,8 @@ pub struct Config {
     pub max_clients: usize,
     /// The `ipclab` binary to start servers with (default: this program).
     pub exe: Option<PathBuf>,
+    /// UNIX socket servers: refuse clients of another user (`SO_PEERCRED`).
+    pub same_user: bool,
 }
 
 /// Default TCP address.
@@ -195,6 +197,7 @@ impl Default for Config {
             max_frame: DEFAULT_MAX_FRAME,
             max_clients: 256,
             exe: None,
+            same_user: false,
         }
     }
 }

@@ -146,12 +146,42 @@ impl Listener for UnixServer {
             return Ok(None);
         }
         let (stream, _) = self.listener.accept()?;
+        if !admit(&stream, &self.cfg)? {
+            return Ok(None);
+        }
         stream.set_write_timeout(Some(self.cfg.timeout))?;
         Ok(Some(Box::new(WatchedReads::new(
             stream,
             self.cfg.idle_timeout,
         ))))
     }
+}
+
+/// `--same-user`: the peer's credentials, which the kernel recorded when it
+/// connected (`SO_PEERCRED`, see `unix(7)`): a client of another user (root
+/// can reach any socket file) is refused with an error line and closed.
+/// Returns whether the client may stay.
+pub(crate) fn admit(fd: &impl std::os::fd::AsFd, cfg: &Config) -> io::Result<bool> {
+    if !cfg.same_user {
+        return Ok(true);
+    }
+    let cred = socket::getsockopt(fd, socket::sockopt::PeerCredentials)?;
+    let me = nix::unistd::getuid().as_raw();
+    if cred.uid() == me {
+        return Ok(true);
+    }
+    let line = format!(
+        "ERR refused: this server serves only uid {me} (--same-user); you are uid {} (pid {})\n",
+        cred.uid(),
+        cred.pid()
+    );
+    let _ = nix::unistd::write(fd, line.as_bytes());
+    eprintln!(
+        "ipclab: refused a client of uid {} (pid {}): --same-user",
+        cred.uid(),
+        cred.pid()
+    );
+    Ok(false)
 }
 
 /// Bind `path`; if a socket file is already there, find out whether a server

@@ -150,6 +150,9 @@ impl Listener for SeqServer {
             return Ok(None);
         }
         let fd = socket::accept4(&self.listener, SockFlag::SOCK_CLOEXEC)?;
+        if !super::unix::admit(&fd, &self.cfg)? {
+            return Ok(None);
+        }
         Ok(Some(Box::new(PacketLink::new(
             fd,
             self.cfg.idle_timeout,
