@@ -93,10 +93,12 @@ fn open_file_limit_reached_then_recovered() {
             text.contains("Too many open files") && text.contains("RLIMIT_NOFILE"),
             "{text}"
         );
+        // Once per episode of failing, not every tick (a session that ends
+        // frees a descriptor, and the next accept may fail anew).
         assert_eq!(
             text.matches("accept failed").count(),
-            1,
-            "the error is said once, not every tick: {text}"
+            text.matches("accepting clients again").count() + 1,
+            "the error is said once per episode, not every tick: {text}"
         );
         assert!(server.0.try_wait().unwrap().is_none(), "the server died");
         // Resources back (every client gone): a new client is served.
