@@ -243,6 +243,24 @@ pub fn server_killed_mid_session(env: Env) {
     assert_eq!(env.leftovers(), Vec::<String>::new());
 }
 
+/// A client that pauses longer than the server's `--timeout` (but not its
+/// idle timeout) keeps its session: waiting for the next request is idle
+/// time, not a stuck write.
+pub fn idle_client_keeps_its_session(env: Env) {
+    let mut cfg = env.cfg.clone();
+    cfg.timeout = Duration::from_secs(1);
+    let server =
+        ipclab::process::ServerProcess::spawn(&exe(), env.transport, &cfg, &["--quiet"]).unwrap();
+    let link = server.connect(env.transport, &cfg).unwrap();
+    let mut c = ipclab::client::Client::from_link(link, cfg.max_frame, Form::Binary);
+    c.ping().unwrap();
+    std::thread::sleep(Duration::from_millis(1600));
+    c.ping()
+        .expect("the session survives a pause longer than --timeout");
+    let p = payload(100_000, 3);
+    assert_eq!(c.echo(&p).unwrap(), p.as_slice());
+}
+
 pub fn frozen_server_times_out(env: Env) {
     let mut cfg = env.cfg.clone();
     cfg.timeout = Duration::from_secs(1);
@@ -464,6 +482,7 @@ macro_rules! conformance {
             #[test] fn stops_clean_on_sigint() { super::run(T, super::stops_clean_on_sigint) }
             #[test] fn listener_drop_removes_objects() { super::run(T, super::listener_drop_removes_objects) }
             #[test] fn objects_are_owner_only() { super::run(T, super::objects_are_owner_only) }
+            #[test] fn idle_client_keeps_its_session() { super::run(T, super::idle_client_keeps_its_session) }
         }
     };
 }

@@ -692,7 +692,12 @@ impl Write for TurnLink {
         if n == 0 {
             return Ok(0);
         }
-        self.pass_turn(n as u32, self.write_timeout)?;
+        // Ending a turn also waits for the next one, which comes when the
+        // peer next acts: for a server that has just replied, that is the
+        // client's next request, so the wait is bounded by the read
+        // (idle) timeout, not the write timeout — an idle client must not
+        // end its session after `--timeout`.
+        self.pass_turn(n as u32, self.read_timeout.max(self.write_timeout))?;
         Ok(n)
     }
 
