@@ -203,6 +203,17 @@ impl Leftover {
     }
 }
 
+/// The verdict on an object whose owner is process `pid` (`who`: "server"
+/// or "client"): `Ok` (live, why) or `Err` (stale, why), as
+/// [`Leftover::judge_file`] takes it.
+pub fn pid_verdict(who: &str, pid: i32) -> Result<String, String> {
+    if crate::interrupt::pid_alive(pid) {
+        Ok(format!("its {who}, pid {pid}, is running"))
+    } else {
+        Err(format!("its {who}, pid {pid}, is gone"))
+    }
+}
+
 /// Files in `dir` whose names end with `suffix`, as (instance name, path).
 pub fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<(String, PathBuf)> {
     let Ok(entries) = fs::read_dir(dir) else {

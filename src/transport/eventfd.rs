@@ -54,7 +54,6 @@
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -66,7 +65,7 @@ use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, Sock
 
 use super::unix::{bind_listening, connect_socket};
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::{self, Leftover};
+use crate::clean::Leftover;
 use crate::interrupt;
 use crate::runtime::{self, CreatedPath};
 
@@ -164,32 +163,7 @@ impl Transport for Eventfd {
     }
 
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
-        clean::files_with_suffix(dir, SUFFIX)
-            .into_iter()
-            .map(|(_, path)| {
-                Leftover::judge_file(
-                    "eventfd",
-                    "socket file",
-                    &path,
-                    |t| t.is_socket(),
-                    || match connect_socket(
-                        &path,
-                        SockType::Stream,
-                        "eventfd",
-                        Duration::from_secs(1),
-                    ) {
-                        Ok(_) => Ok(Ok("a server accepts connections on it".into())),
-                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                            Ok(Err("nobody listens on it: its server was killed".into()))
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                            Ok(Ok("a server holds it but does not accept (stopped?)".into()))
-                        }
-                        Err(e) => Err(e),
-                    },
-                )
-            })
-            .collect()
+        super::unix::socket_file_leftovers(dir, SUFFIX, SockType::Stream, self.name())
     }
 }
 

@@ -100,7 +100,6 @@ use nix::unistd::{Pid, getuid, mkfifo};
 use super::pipe::{read_within, write_within};
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
 use crate::clean::{self, Leftover};
-use crate::interrupt::pid_alive;
 use crate::runtime::{self, CreatedPath};
 
 /// `PIPE_BUF` on Linux: writes up to this size are atomic.
@@ -162,8 +161,7 @@ impl Transport for Fifo {
                 &path,
                 |t| t.is_fifo(),
                 || match pid {
-                    Some(p) if pid_alive(p) => Ok(Ok(format!("its client, pid {p}, is running"))),
-                    Some(p) => Ok(Err(format!("its client, pid {p}, is gone"))),
+                    Some(p) => Ok(clean::pid_verdict("client", p)),
                     None => Err(io::Error::other("no client pid in its name")),
                 },
             ));

@@ -114,11 +114,7 @@ impl Transport for Msgq {
                 |t| t.is_file(),
                 || {
                     let (pid, _) = read_key_file(&path)?;
-                    Ok(if pid_alive(pid) {
-                        Ok(format!("its server, pid {pid}, is running"))
-                    } else {
-                        Err(format!("its server, pid {pid}, is gone"))
-                    })
+                    Ok(clean::pid_verdict("server", pid))
                 },
             );
             // The queue goes first: its key is derived from the file.

@@ -430,11 +430,7 @@ impl Transport for PosixMq {
                 |t| t.is_file(),
                 || {
                     let pid = runtime::read_pid_file(&path)?;
-                    Ok(if pid_alive(pid) {
-                        Ok(format!("its server, pid {pid}, is running"))
-                    } else {
-                        Err(format!("its server, pid {pid}, is gone"))
-                    })
+                    Ok(clean::pid_verdict("server", pid))
                 },
             );
             // The meeting queue's name comes from the pid file's.
@@ -475,10 +471,7 @@ impl Transport for PosixMq {
                     &path,
                     |t| t.is_file(),
                     || match pid {
-                        Some(p) if pid_alive(p) => {
-                            Ok(Ok(format!("its client, pid {p}, is running")))
-                        }
-                        Some(p) => Ok(Err(format!("its client, pid {p}, is gone"))),
+                        Some(p) => Ok(clean::pid_verdict("client", p)),
                         None => Err(io::Error::other("no client pid in its name")),
                     },
                 ));

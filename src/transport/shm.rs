@@ -280,10 +280,10 @@ fn judge_region(obj: &Object) -> io::Result<Result<String, String>> {
         Ok(region) => {
             let h = region.header();
             let pid = h.server_pid.load(Ordering::SeqCst);
-            Ok(if pid_alive(pid) && h.closed.load(Ordering::SeqCst) == 0 {
-                Ok(format!("its server, pid {pid}, is running"))
+            Ok(if h.closed.load(Ordering::SeqCst) == 0 {
+                clean::pid_verdict("server", pid)
             } else {
-                Err(format!("its server, pid {pid}, is gone"))
+                Err(format!("its server, pid {pid}, has stopped"))
             })
         }
         // Not a region of ours (or one whose server died in the instant

@@ -86,7 +86,7 @@ use nix::sys::stat::{Mode, fchmod};
 use nix::unistd::{ftruncate, getuid};
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::Leftover;
+use crate::clean::{self, Leftover};
 use crate::interrupt::pid_alive;
 use crate::runtime::{self, CreatedPath};
 
@@ -443,10 +443,10 @@ impl Transport for ShmSpin {
                             Ok(r) => {
                                 let h = r.header();
                                 let pid = h.server_pid.load(Ordering::SeqCst);
-                                if pid_alive(pid) && h.closed.load(Ordering::SeqCst) == 0 {
-                                    Ok(format!("its server, pid {pid}, is running"))
+                                if h.closed.load(Ordering::SeqCst) == 0 {
+                                    clean::pid_verdict("server", pid)
                                 } else {
-                                    Err(format!("its server, pid {pid}, is gone"))
+                                    Err(format!("its server, pid {pid}, has stopped"))
                                 }
                             }
                             // Not ours, or (indistinguishably) one whose

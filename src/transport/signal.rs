@@ -258,11 +258,7 @@ impl Transport for Signal {
                     |t| t.is_file(),
                     || {
                         let pid = runtime::read_pid_file(&path)?;
-                        Ok(if pid_alive(pid) {
-                            Ok(format!("its server, pid {pid}, is running"))
-                        } else {
-                            Err(format!("its server, pid {pid}, is gone"))
-                        })
+                        Ok(clean::pid_verdict("server", pid))
                     },
                 )
             })

@@ -149,7 +149,7 @@ fn configure(s: &TcpStream, write: Duration) -> io::Result<()> {
     s.set_write_timeout(Some(write))
 }
 
-fn resolve(addr: &str) -> io::Result<SocketAddr> {
+pub(crate) fn resolve(addr: &str) -> io::Result<SocketAddr> {
     addr.to_socket_addrs()
         .map_err(|e| {
             io::Error::new(

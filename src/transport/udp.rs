@@ -67,7 +67,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +75,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, sockopt};
 
+use super::tcp::resolve;
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
 use crate::interrupt::{self, pid_alive};
 use crate::runtime;
@@ -93,23 +94,6 @@ const ACK_NOW: u8 = 1;
 
 /// The UDP transport.
 pub struct Udp;
-
-fn resolve(addr: &str) -> io::Result<SocketAddr> {
-    addr.to_socket_addrs()
-        .map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad --addr '{addr}': {e} (expected HOST:PORT)"),
-            )
-        })?
-        .next()
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("--addr '{addr}' resolves to no address"),
-            )
-        })
-}
 
 /// A UDP socket bound to `addr`, with a large receive buffer and a send
 /// timeout.

@@ -78,27 +78,7 @@ impl Transport for Unix {
         "The server holds the listening socket bound to <name>.sock (a file of type s in ls -l, though no data ever touches the disk) and one accepted socket per client. The client's socket is the accepted socket's peer: the kernel reports it through sock_diag(7), as `ss -xp` does. Data goes from the sender's buffer straight into the receiver's socket queue: one copy in, one copy out."
     }
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
-        clean::files_with_suffix(dir, ".sock")
-            .into_iter()
-            .map(|(_, path)| {
-                Leftover::judge_file(
-                    "unix",
-                    "socket file",
-                    &path,
-                    |t| t.is_socket(),
-                    || match connect_with_timeout(&path, Duration::from_secs(1)) {
-                        Ok(_) => Ok(Ok("a server accepts connections on it".into())),
-                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                            Ok(Err("nobody listens on it: its server was killed".into()))
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                            Ok(Ok("a server holds it but does not accept (stopped?)".into()))
-                        }
-                        Err(e) => Err(e),
-                    },
-                )
-            })
-            .collect()
+        socket_file_leftovers(dir, ".sock", SockType::Stream, self.name())
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -155,6 +135,38 @@ impl Listener for UnixServer {
             self.cfg.idle_timeout,
         ))))
     }
+}
+
+/// `ipclab clean` for a transport whose server listens on a UNIX socket
+/// file `<dir>/<name><suffix>` of `kind`: stale when nobody listens on it
+/// (`ECONNREFUSED`), live when a server accepts or holds it.
+pub(crate) fn socket_file_leftovers(
+    dir: &Path,
+    suffix: &str,
+    kind: SockType,
+    transport: &'static str,
+) -> Vec<Leftover> {
+    clean::files_with_suffix(dir, suffix)
+        .into_iter()
+        .map(|(_, path)| {
+            Leftover::judge_file(
+                transport,
+                "socket file",
+                &path,
+                |t| t.is_socket(),
+                || match connect_socket(&path, kind, transport, Duration::from_secs(1)) {
+                    Ok(_) => Ok(Ok("a server accepts connections on it".into())),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        Ok(Err("nobody listens on it: its server was killed".into()))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        Ok(Ok("a server holds it but does not accept (stopped?)".into()))
+                    }
+                    Err(e) => Err(e),
+                },
+            )
+        })
+        .collect()
 }
 
 /// `--same-user`: the peer's credentials, which the kernel recorded when it

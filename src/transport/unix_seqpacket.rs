@@ -39,7 +39,6 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -48,7 +47,7 @@ use nix::sys::time::TimeVal;
 
 use super::unix::{bind_listening, connect_socket};
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::{self, Leftover};
+use crate::clean::Leftover;
 use crate::runtime::{self, CreatedPath};
 
 /// The largest packet either side sends.
@@ -104,32 +103,7 @@ impl Transport for UnixSeqpacket {
     }
 
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
-        clean::files_with_suffix(dir, SUFFIX)
-            .into_iter()
-            .map(|(_, path)| {
-                Leftover::judge_file(
-                    "unix-seqpacket",
-                    "socket file",
-                    &path,
-                    |t| t.is_socket(),
-                    || match connect_socket(
-                        &path,
-                        SockType::SeqPacket,
-                        "unix-seqpacket",
-                        Duration::from_secs(1),
-                    ) {
-                        Ok(_) => Ok(Ok("a server accepts connections on it".into())),
-                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                            Ok(Err("nobody listens on it: its server was killed".into()))
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                            Ok(Ok("a server holds it but does not accept (stopped?)".into()))
-                        }
-                        Err(e) => Err(e),
-                    },
-                )
-            })
-            .collect()
+        super::unix::socket_file_leftovers(dir, SUFFIX, SockType::SeqPacket, self.name())
     }
 }
 
