@@ -292,6 +292,9 @@ struct UdpLink {
     roff: usize,
     eof: bool,
     dgram: Vec<u8>,
+    /// Buffers of acknowledged datagrams and read payloads, reused so that
+    /// a round trip allocates nothing once the session is warm.
+    spare: Vec<Vec<u8>>,
 }
 
 impl UdpLink {
@@ -316,6 +319,7 @@ impl UdpLink {
             roff: 0,
             eof: false,
             dgram: vec![0; HEADER + CHUNK],
+            spare: Vec::new(),
         }
     }
 
@@ -336,6 +340,14 @@ impl UdpLink {
         }
     }
 
+    /// Keep a few buffers for reuse (a window's worth and the reads in
+    /// between), not every one a large message ever needed.
+    fn recycle(&mut self, b: Vec<u8>) {
+        if self.spare.len() < 2 * WINDOW {
+            self.spare.push(b);
+        }
+    }
+
     fn send_ack(&mut self) -> io::Result<()> {
         self.ack_owed = false;
         let h = self.header(ACK, 0, 0);
@@ -351,7 +363,9 @@ impl UdpLink {
         let seq = u32::from_le_bytes(self.dgram[4..8].try_into().expect("4 bytes"));
         let acked = u32::from_le_bytes(self.dgram[8..12].try_into().expect("4 bytes"));
         while self.unacked.front().is_some_and(|(s, _)| *s <= acked) {
-            self.unacked.pop_front();
+            if let Some((_, d)) = self.unacked.pop_front() {
+                self.recycle(d);
+            }
         }
         match kind {
             DATA | FIN if seq == self.expected => {
@@ -360,7 +374,10 @@ impl UdpLink {
                     self.eof = true;
                     self.send_ack()?;
                 } else {
-                    self.inbox.push_back(self.dgram[HEADER..n].to_vec());
+                    let mut payload = self.spare.pop().unwrap_or_default();
+                    payload.clear();
+                    payload.extend_from_slice(&self.dgram[HEADER..n]);
+                    self.inbox.push_back(payload);
                     if flags & ACK_NOW != 0 {
                         self.send_ack()?;
                     } else {
@@ -425,7 +442,8 @@ impl UdpLink {
             0
         };
         let seq = self.next_seq;
-        let mut d = Vec::with_capacity(HEADER + CHUNK);
+        let mut d = self.spare.pop().unwrap_or_default();
+        d.clear();
         d.extend_from_slice(&self.header(DATA, flags, seq));
         for p in parts {
             let take = p.len().min(HEADER + CHUNK - d.len());
@@ -470,7 +488,9 @@ impl Read for UdpLink {
         buf[..n].copy_from_slice(&front[self.roff..self.roff + n]);
         self.roff += n;
         if self.roff == front.len() {
-            self.inbox.pop_front();
+            if let Some(done) = self.inbox.pop_front() {
+                self.recycle(done);
+            }
             self.roff = 0;
         }
         Ok(n)
