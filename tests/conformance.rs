@@ -499,5 +499,6 @@ conformance!(signal);
 conformance!(flock);
 conformance!(unix);
 conformance!(unix_seqpacket => "unix-seqpacket");
+conformance!(unix_dgram => "unix-dgram");
 conformance!(tcp);
 conformance!(udp);

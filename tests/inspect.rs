@@ -267,6 +267,7 @@ fn demo_inspect_shows_each_transports_objects() {
         ("flock", "OFDLCK WRITE"),
         ("unix", "unix/stream"),
         ("unix-seqpacket", "unix/seqpacket"),
+        ("unix-dgram", "unix/dgram"),
         ("udp", "CONNECTED"),
     ];
     for &(t, needle) in expect {

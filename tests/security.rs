@@ -185,68 +185,91 @@ fn same_user_refuses_other_users_by_their_credentials() {
             eprintln!("SKIPPED: nobody cannot run {}", exe().display());
             return;
         }
-        let server = Command::new(exe())
-            .args(["serve", "unix", "--same-user", "--quiet", "--dir"])
-            .arg(&rt)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .uid(nobody)
-            .gid(nobody)
-            .spawn()
-            .unwrap();
-        // Killed if an assertion below fails first.
-        struct Reaped(std::process::Child);
-        impl Drop for Reaped {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
+        for (transport, file) in [("unix", "ipclab.sock"), ("unix-dgram", "ipclab.dgram")] {
+            let server = Command::new(exe())
+                .args(["serve", transport, "--same-user", "--quiet", "--dir"])
+                .arg(&rt)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .uid(nobody)
+                .gid(nobody)
+                .spawn()
+                .unwrap();
+            // Killed if an assertion below fails first.
+            struct Reaped(std::process::Child);
+            impl Drop for Reaped {
+                fn drop(&mut self) {
+                    let _ = self.0.kill();
+                    let _ = self.0.wait();
+                }
             }
+            let mut server = Reaped(server);
+            let sock = rt.join(file);
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            while !sock.exists() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            // Root: refused, told why — on the stream socket as a plain
+            // program sees it, on the datagram socket through ipclab's
+            // client (a datagram server talks only to clients that greet).
+            let got = if transport == "unix" {
+                let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let _ = s.write_all(b"ping\n");
+                let mut got = String::new();
+                let _ = s.read_to_string(&mut got);
+                got
+            } else {
+                let out = Command::new(exe())
+                    .args(["client", transport, "--dir"])
+                    .arg(&rt)
+                    .arg("ping")
+                    .output()
+                    .unwrap();
+                assert!(!out.status.success(), "{out:?}");
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            };
+            assert!(
+                got.contains("ERR refused") && got.contains("uid 0"),
+                "{transport}: {got:?}"
+            );
+            // Its own user: served.
+            let out = Command::new(exe())
+                .args(["client", transport, "--dir"])
+                .arg(&rt)
+                .arg("ping")
+                .uid(nobody)
+                .gid(nobody)
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "pong",
+                "{out:?}"
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(server.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            assert!(server.0.wait().unwrap().success());
+            let mut log = String::new();
+            server
+                .0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut log)
+                .unwrap();
+            assert!(
+                log.contains("refused a client of uid 0"),
+                "{transport}: {log}"
+            );
         }
-        let mut server = Reaped(server);
-        let sock = rt.join("ipclab.sock");
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while !sock.exists() && std::time::Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        // Root: refused, told why.
-        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = s.write_all(b"ping\n");
-        let mut got = String::new();
-        let _ = s.read_to_string(&mut got);
-        assert!(
-            got.starts_with("ERR refused") && got.contains("uid 0"),
-            "{got:?}"
-        );
-        // Its own user: served.
-        let out = Command::new(exe())
-            .args(["client", "unix", "--dir"])
-            .arg(&rt)
-            .arg("ping")
-            .uid(nobody)
-            .gid(nobody)
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "pong",
-            "{out:?}"
-        );
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(server.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        assert!(server.0.wait().unwrap().success());
-        let mut log = String::new();
-        server
-            .0
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
-        assert!(log.contains("refused a client of uid 0"), "{log}");
     });
 }

@@ -63,6 +63,7 @@ pub mod signal;
 pub mod tcp;
 pub mod udp;
 pub mod unix;
+pub mod unix_dgram;
 pub mod unix_seqpacket;
 
 /// A bidirectional byte link between a client and a server.
@@ -279,6 +280,7 @@ pub fn all() -> &'static [&'static dyn Transport] {
         &flock::Flock,
         &unix::Unix,
         &unix_seqpacket::UnixSeqpacket,
+        &unix_dgram::UnixDgram,
         &tcp::Tcp,
         &udp::Udp,
     ]

@@ -155,7 +155,7 @@ pub(crate) fn socket_file_leftovers(
                 &path,
                 |t| t.is_socket(),
                 || match connect_socket(&path, kind, transport, Duration::from_secs(1)) {
-                    Ok(_) => Ok(Ok("a server accepts connections on it".into())),
+                    Ok(_) => Ok(Ok("a server answers on it".into())),
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                         Ok(Err("nobody listens on it: its server was killed".into()))
                     }
@@ -178,22 +178,26 @@ pub(crate) fn admit(fd: &impl std::os::fd::AsFd, cfg: &Config) -> io::Result<boo
         return Ok(true);
     }
     let cred = socket::getsockopt(fd, socket::sockopt::PeerCredentials)?;
-    let me = nix::unistd::getuid().as_raw();
-    if cred.uid() == me {
-        return Ok(true);
+    match refusal(cred.uid(), cred.pid()) {
+        None => Ok(true),
+        Some(why) => {
+            let _ = nix::unistd::write(fd, format!("ERR {why}\n").as_bytes());
+            Ok(false)
+        }
     }
-    let line = format!(
-        "ERR refused: this server serves only uid {me} (--same-user); you are uid {} (pid {})\n",
-        cred.uid(),
-        cred.pid()
-    );
-    let _ = nix::unistd::write(fd, line.as_bytes());
-    eprintln!(
-        "ipclab: refused a client of uid {} (pid {}): --same-user",
-        cred.uid(),
-        cred.pid()
-    );
-    Ok(false)
+}
+
+/// `--same-user`'s verdict on a client of `uid`: `None` if it is of this
+/// process's user, else the reason it is refused (also logged).
+pub(crate) fn refusal(uid: u32, pid: i32) -> Option<String> {
+    let me = nix::unistd::getuid().as_raw();
+    if uid == me {
+        return None;
+    }
+    eprintln!("ipclab: refused a client of uid {uid} (pid {pid}): --same-user");
+    Some(format!(
+        "refused: this server serves only uid {me} (--same-user); you are uid {uid} (pid {pid})"
+    ))
 }
 
 /// Bind `path`; if a socket file is already there, find out whether a server
@@ -203,9 +207,10 @@ fn bind_replacing_stale(path: &Path, timeout: Duration) -> io::Result<UnixListen
     bind_listening(path, SockType::Stream, "unix", timeout).map(UnixListener::from)
 }
 
-/// A listening UNIX socket of `kind` bound to `path`, replacing a stale
-/// socket file (see [`bind_replacing_stale`]); `transport` names the
-/// transport in messages. Shared with the `unix-seqpacket` transport.
+/// A listening UNIX socket of `kind` bound to `path` (a datagram socket is
+/// only bound), replacing a stale socket file (see [`bind_replacing_stale`]);
+/// `transport` names the transport in messages. Shared with the
+/// `unix-seqpacket` and `unix-dgram` transports.
 pub(crate) fn bind_listening(
     path: &Path,
     kind: SockType,
@@ -216,10 +221,14 @@ pub(crate) fn bind_listening(
         let fd = socket::socket(AddressFamily::Unix, kind, SockFlag::SOCK_CLOEXEC, None)?;
         let addr = UnixAddr::new(path).map_err(|e| with_path(e.into(), "bad socket path", path))?;
         socket::bind(fd.as_raw_fd(), &addr).map_err(io::Error::from)?;
-        socket::listen(
-            &fd,
-            socket::Backlog::new(128).unwrap_or(socket::Backlog::MAXCONN),
-        )?;
+        // A datagram socket has no connections to listen for: bound, it
+        // receives.
+        if kind != SockType::Datagram {
+            socket::listen(
+                &fd,
+                socket::Backlog::new(128).unwrap_or(socket::Backlog::MAXCONN),
+            )?;
+        }
         Ok(fd)
     };
     match bind() {
@@ -284,39 +293,41 @@ pub(crate) fn connect_socket(
                     ),
                 ));
             }
-            Err(Errno::ENOENT) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!(
-                        "no server at {}: the socket file does not exist (start one with `ipclab serve {transport}`)",
-                        path.display()
-                    ),
-                ));
-            }
-            Err(Errno::ECONNREFUSED) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "no server listens on {} (a stale socket file; start one with `ipclab serve {transport}`)",
-                        path.display()
-                    ),
-                ));
-            }
-            Err(Errno::EPROTOTYPE) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "{} is a socket of another type (another transport's server?)",
-                        path.display()
-                    ),
-                ));
-            }
-            Err(e) => return Err(with_path(e.into(), "cannot connect to", path)),
+            Err(e) => return Err(reach_error(e, path, transport)),
         }
     }
     let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
     fcntl(&fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
     Ok(fd)
+}
+
+/// What a failed `connect(2)` or `sendto(2)` to the server's socket file
+/// means, in words.
+pub(crate) fn reach_error(e: Errno, path: &Path, transport: &str) -> io::Error {
+    match e {
+        Errno::ENOENT => io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no server at {}: the socket file does not exist (start one with `ipclab serve {transport}`)",
+                path.display()
+            ),
+        ),
+        Errno::ECONNREFUSED => io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!(
+                "no server listens on {} (a stale socket file; start one with `ipclab serve {transport}`)",
+                path.display()
+            ),
+        ),
+        Errno::EPROTOTYPE => io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!(
+                "{} is a socket of another type (another transport's server?)",
+                path.display()
+            ),
+        ),
+        e => with_path(e.into(), "cannot reach", path),
+    }
 }
 
 fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {

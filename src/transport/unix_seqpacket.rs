@@ -19,8 +19,8 @@
 //! # How data and synchronisation flow
 //! Exactly as for the stream socket — `socket`, `bind(<dir>/<name>.seqpacket)`,
 //! `listen`, `accept` per client, a thread per session — except that each
-//! protocol message goes out as one packet (`writev` of header and payload
-//! together) and comes in with one `read`. A message larger than a packet
+//! protocol message goes out as one packet (one `write`; above 4 KiB a
+//! `writev` of header and payload) and comes in with one `read`. A message larger than a packet
 //! (the 1 MiB echo) goes as a sequence of 64 KiB packets, which the framing
 //! joins as it would join stream pieces.
 //!
@@ -34,15 +34,16 @@
 //!
 //! # System calls
 //! `socket(2)` (`SOCK_SEQPACKET`), `bind(2)`, `listen(2)`, `poll(2)`,
-//! `accept4(2)`, `connect(2)`, `read(2)`, `writev(2)`, `setsockopt(2)`
-//! (`SO_SNDTIMEO`), `unlink(2)`; see `unix(7)`.
+//! `accept4(2)`, `connect(2)`, `read(2)`, `write(2)`, `writev(2)`,
+//! `setsockopt(2)` (`SO_SNDTIMEO`), `unlink(2)`; see `unix(7)`.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::socket::{self, SockFlag, SockType, sockopt};
+use nix::errno::Errno;
+use nix::sys::socket::{self, MsgFlags, SockFlag, SockType, sockopt};
 use nix::sys::time::TimeVal;
 
 use super::unix::{bind_listening, connect_socket};
@@ -51,7 +52,7 @@ use crate::clean::Leftover;
 use crate::runtime::{self, CreatedPath};
 
 /// The largest packet either side sends.
-const PACKET: usize = 64 * 1024;
+pub(crate) const PACKET: usize = 64 * 1024;
 const SUFFIX: &str = ".seqpacket";
 
 /// The UNIX domain sequenced-packet socket transport.
@@ -99,7 +100,12 @@ impl Transport for UnixSeqpacket {
             self.name(),
             cfg.timeout,
         )?;
-        Ok(Box::new(PacketLink::new(fd, cfg.timeout, cfg.timeout)?))
+        Ok(Box::new(PacketLink::new(
+            fd,
+            cfg.timeout,
+            cfg.timeout,
+            None,
+        )?))
     }
 
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
@@ -131,14 +137,20 @@ impl Listener for SeqServer {
             fd,
             self.cfg.idle_timeout,
             self.cfg.timeout,
+            None,
         )?)))
     }
 }
 
 /// A connected packet socket as a byte link: each write is one packet of
 /// at most [`PACKET`] bytes; each read takes one whole packet into `rbuf`
-/// and hands it out.
-struct PacketLink {
+/// and hands it out. An empty packet is the end of the stream.
+///
+/// Shared with `unix-dgram`, whose connected datagram sockets behave the
+/// same way but for one thing: the kernel tells nobody when the peer's
+/// socket closes. For them `peer` is the peer's pid, checked while a read
+/// waits, and dropping the link sends the empty datagram itself.
+pub(crate) struct PacketLink {
     fd: OwnedFd,
     read_timeout: Duration,
     rbuf: Vec<u8>,
@@ -146,10 +158,18 @@ struct PacketLink {
     roff: usize,
     /// Gathers the parts of a message larger than one `writev` may carry.
     sbuf: Vec<u8>,
+    /// Datagram sockets only: the peer process (0 when unknown), and that
+    /// we owe it an end-of-stream marker.
+    peer: Option<i32>,
 }
 
 impl PacketLink {
-    fn new(fd: OwnedFd, read_timeout: Duration, write_timeout: Duration) -> io::Result<Self> {
+    pub(crate) fn new(
+        fd: OwnedFd,
+        read_timeout: Duration,
+        write_timeout: Duration,
+        peer: Option<i32>,
+    ) -> io::Result<Self> {
         let tv = TimeVal::new(
             write_timeout.as_secs() as _,
             write_timeout.subsec_micros() as _,
@@ -162,7 +182,24 @@ impl PacketLink {
             rlen: 0,
             roff: 0,
             sbuf: Vec::new(),
+            peer,
         })
+    }
+}
+
+impl std::os::fd::AsFd for PacketLink {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for PacketLink {
+    fn drop(&mut self) {
+        if self.peer.is_some() {
+            // The end-of-stream marker; a peer that is gone or not reading
+            // changes nothing now.
+            let _ = socket::send(self.fd.as_raw_fd(), &[], MsgFlags::MSG_DONTWAIT);
+        }
     }
 }
 
@@ -171,7 +208,23 @@ impl Read for PacketLink {
         if self.roff == self.rlen {
             // The whole next packet (never larger than PACKET); 0 is the
             // peer's orderly close.
-            let n = crate::interrupt::read(self.fd.as_raw_fd(), &mut self.rbuf, self.read_timeout)?;
+            let (fd, rbuf, peer) = (self.fd.as_raw_fd(), &mut self.rbuf, self.peer);
+            let n = crate::interrupt::bounded(
+                crate::interrupt::Deadline::After(self.read_timeout),
+                "waiting for the peer to send",
+                || match peer {
+                    // 0: the peer is in a pid namespace we cannot see.
+                    Some(pid) if pid > 0 && !crate::interrupt::pid_alive(pid) => {
+                        Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            format!("the peer (pid {pid}) died"),
+                        ))
+                    }
+                    _ => Ok(()),
+                },
+                // SAFETY: a valid fd and buffer.
+                || Errno::result(unsafe { libc::read(fd, rbuf.as_mut_ptr().cast(), rbuf.len()) }),
+            )? as usize;
             if n == 0 {
                 return Ok(0);
             }
@@ -197,7 +250,10 @@ impl Write for PacketLink {
         if total == 0 {
             return Ok(0);
         }
-        let sent = if total <= PACKET {
+        let sent = if bufs.len() == 1 && total <= PACKET {
+            // One part (ipclab gathers small messages): plain write(2).
+            nix::unistd::write(&self.fd, &bufs[0])
+        } else if total <= PACKET {
             nix::sys::uio::writev(&self.fd, bufs)
         } else {
             self.sbuf.clear();
@@ -211,9 +267,14 @@ impl Write for PacketLink {
             nix::unistd::write(&self.fd, &self.sbuf)
         };
         sent.map_err(|e| match e {
-            nix::errno::Errno::EAGAIN => io::Error::new(
+            Errno::EAGAIN => io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the peer's receive queue stayed full (is it reading?)",
+            ),
+            // A datagram peer whose socket is closed.
+            Errno::ECONNREFUSED => io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the peer is gone (its socket is closed)",
             ),
             e => e.into(),
         })

@@ -1,0 +1,423 @@
+//! `unix-dgram` — UNIX domain datagram sockets.
+//!
+//! # What it is
+//! The third type of UNIX domain socket (see `unix(7)` and the
+//! [`unix_seqpacket`](super::unix_seqpacket) module for all three).
+//! `SOCK_DGRAM` has **no connections**: a socket bound to an address
+//! receives every datagram that anyone sends to that address with
+//! `sendto(2)`, each one whole, with the sender's address attached.
+//! Unlike UDP, a UNIX datagram is never lost, duplicated or reordered on
+//! Linux: it goes straight into the receiver's queue, and a sender whose
+//! receiver's queue is full *waits* (or gets `EAGAIN`) instead of having
+//! its datagram dropped.
+//!
+//! Compared with the other two types:
+//!
+//! | | `SOCK_STREAM` (`unix`) | `SOCK_SEQPACKET` | `SOCK_DGRAM` (this) |
+//! |---|---|---|---|
+//! | connection | yes (`listen`/`accept`) | yes | no: one bound socket hears everyone |
+//! | boundaries | none: a byte stream | one `write` = one `read` | one `sendto` = one `recvfrom` |
+//! | peer closes | `read` returns 0 | `read` returns 0 | **nobody is told** |
+//! | who sent it | fixed at `accept` | fixed at `accept` | every datagram carries its sender |
+//!
+//! # How data and synchronisation flow
+//! Datagram sockets have no `accept`, so the server makes its sessions
+//! itself:
+//! ```text
+//!   server                                        client
+//!   socket(DGRAM) bind(<dir>/<name>.dgram)        socket(DGRAM) bind(autobind: "@1a2b3")
+//!   setsockopt(SO_PASSCRED)
+//!   recvmsg() <--------- "hello" ---------------  sendto(<name>.dgram)
+//!     (sender "@1a2b3", SCM_CREDENTIALS: pid, uid)
+//!   session: socket(DGRAM) bind(autobind: "@4c5d6")
+//!            connect("@1a2b3")
+//!   write() ----------- "welcome" ------------->  recvmsg() (sender "@4c5d6", server pid)
+//!                                                 connect("@4c5d6")
+//!   read()  <---------- request datagram -------  write()
+//!   write() ----------- reply datagram -------->  read()
+//! ```
+//! * **Addresses.** A client needs an address for the replies. Binding to
+//!   an empty (`sizeof(sa_family_t)`-long) address asks the kernel to
+//!   *autobind*: it picks a free name in the **abstract namespace** (shown
+//!   as `@…` by `ss -x`), which is no file at all and vanishes with the
+//!   socket, so a killed client leaves nothing behind. Each server session
+//!   gets its own autobound socket, so the bound file only ever carries
+//!   greetings, and a slow session cannot hold up the others.
+//! * **`connect` on a datagram socket** makes no connection: it fixes the
+//!   default destination (so plain `write`/`read` work) and makes the
+//!   socket accept datagrams from that address only. A session socket
+//!   therefore hears its client alone.
+//! * **Credentials.** With `SO_PASSCRED`, every datagram received carries
+//!   the sender's pid, uid and gid (`SCM_CREDENTIALS`, checked by the
+//!   kernel). The server learns its client's pid from the greeting,
+//!   `--same-user` compares the uid (a refusal is an `ERR` line instead of
+//!   the welcome), and the client learns the server's pid from the welcome.
+//! * **End of stream.** Nothing tells a datagram socket that its peer
+//!   closed: a read would just wait for the next datagram. So each side
+//!   sends an **empty datagram** when it closes its link (ipclab never sends
+//!   an empty message otherwise), and a read that waits checks every quarter
+//!   second whether the peer's process still lives (`kill(pid, 0)`), so a
+//!   peer killed with SIGKILL is noticed in a fraction of a second.
+//! * **Boundaries.** Each protocol message goes out as one datagram; one
+//!   larger than 64 KiB (the 1 MiB echo) as a sequence of 64 KiB datagrams,
+//!   which the framing joins — they cannot be lost or reordered.
+//! * This is TFTP's design, and the `udp` transport's: the kernel routes
+//!   each datagram to its session by address, so no thread has to sort
+//!   them. Its price: a program that does not greet cannot talk to the
+//!   server. `socat - UNIX-SENDTO:<name>.dgram,bind=<file>` sends every
+//!   line to the bound file and accepts answers from that address only, so
+//!   each of its datagrams is answered, from the bound socket, with an
+//!   `ERR` line that says so.
+//!
+//! # Limits
+//! * The receive queue holds at most `/proc/sys/net/unix/max_dgram_qlen`
+//!   datagrams (10 by default); the sender then blocks, bounded by
+//!   `SO_SNDTIMEO`, until the receiver reads.
+//! * A datagram must fit the sender's buffer (`SO_SNDBUF`, 208 KiB by
+//!   default): larger ones fail with `EMSGSIZE`. A datagram read into a
+//!   smaller buffer is cut (`MSG_TRUNC`); ipclab reads into 64 KiB, the
+//!   largest it sends.
+//! * A sender that was never bound has no address: nobody can answer it.
+//! * The bound socket file outlives a server killed with SIGKILL; the next
+//!   server finds that nobody receives on it (`ECONNREFUSED`) and replaces
+//!   it, and `ipclab clean` removes it.
+//!
+//! # System calls
+//! `socket(2)` (`SOCK_DGRAM`), `bind(2)` (a path, and autobind),
+//! `setsockopt(2)` (`SO_PASSCRED`, `SO_SNDTIMEO`), `poll(2)`, `sendto(2)`,
+//! `recvmsg(2)` (`SCM_CREDENTIALS`, see `unix(7)` and `cmsg(3)`),
+//! `connect(2)`, `read(2)`, `write(2)`, `writev(2)`, `kill(2)`,
+//! `unlink(2)`.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrLike, UnixAddr,
+    sockopt,
+};
+use nix::sys::time::TimeVal;
+
+use super::unix::{bind_listening, reach_error, refusal, socket_file_leftovers};
+use super::unix_seqpacket::{PACKET, PacketLink};
+use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
+use crate::clean::Leftover;
+use crate::runtime::{self, CreatedPath};
+
+const SUFFIX: &str = ".dgram";
+/// The client's greeting, and the server's answer from the session socket.
+const HELLO: &[u8] = b"ipclab unix-dgram hello 1";
+const WELCOME: &[u8] = b"ipclab unix-dgram welcome 1";
+/// The answer to a datagram that is not a greeting.
+const NOT_GREETED: &str = "this ipclab unix-dgram server starts a session for each greeting and answers from that session's socket; talk to it with `ipclab client unix-dgram`";
+
+/// The UNIX domain datagram socket transport.
+pub struct UnixDgram;
+
+impl Transport for UnixDgram {
+    fn name(&self) -> &'static str {
+        "unix-dgram"
+    }
+    fn description(&self) -> &'static str {
+        "UNIX domain SOCK_DGRAM sockets: no connections, one autobound socket per session"
+    }
+    fn kernel_objects(&self) -> &'static str {
+        "socket file <dir>/<name>.dgram (greetings only); autobound abstract sockets (@…) per session"
+    }
+    fn inspect_note(&self) -> &'static str {
+        "The server holds the datagram socket bound to <name>.dgram, which only receives greetings, and one more socket per client, bound to an abstract name the kernel picked (autobind, shown as @…; no file). Each session socket is connected to its client's socket and the client's to it, so the kernel reports them as peers, like a stream pair; but connect(2) on a datagram socket only fixes the destination and filters senders: no connection exists, and nothing tells one side when the other closes."
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            multi_client: true,
+            boundaries: Boundaries::Messages,
+            max_message: None,
+            crosses_machines: false,
+            inherited: false,
+        }
+    }
+
+    fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
+        runtime::prepare_dir(&cfg.dir)?;
+        let path = cfg.object_path(SUFFIX);
+        let sock = bind_listening(&path, SockType::Datagram, self.name(), cfg.timeout)?;
+        let file = CreatedPath::adopt(path)?;
+        socket::setsockopt(&sock, sockopt::PassCred, &true)?;
+        // Refusals and greetings sent from here must not wait for a client
+        // that does not read.
+        set_send_timeout(&sock, Duration::from_millis(100))?;
+        Ok(Box::new(DgramServer {
+            sock,
+            file,
+            cfg: cfg.clone(),
+            buf: vec![0; PACKET],
+        }))
+    }
+
+    fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>> {
+        let path = cfg.object_path(SUFFIX);
+        let server = UnixAddr::new(&path)
+            .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+        let fd = new_socket()?;
+        // The welcome's credentials tell us the server's pid.
+        socket::setsockopt(&fd, sockopt::PassCred, &true)?;
+        set_send_timeout(&fd, cfg.timeout)?;
+        loop {
+            match socket::sendto(fd.as_raw_fd(), HELLO, &server, MsgFlags::empty()) {
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the server at {} receives nothing: its queue stayed full (is it frozen?)",
+                            path.display()
+                        ),
+                    ));
+                }
+                Err(e) => return Err(reach_error(e, &path, self.name())),
+            }
+        }
+        let (pid, session) = welcome(&fd, &path, cfg.timeout)?;
+        socket::connect(fd.as_raw_fd(), &session)
+            .map_err(|e| reach_error(e, &path, self.name()))?;
+        // Credentials are no longer needed; without them no datagram asks
+        // the kernel for any.
+        socket::setsockopt(&fd, sockopt::PassCred, &false)?;
+        Ok(Box::new(PacketLink::new(
+            fd,
+            cfg.timeout,
+            cfg.timeout,
+            Some(pid),
+        )?))
+    }
+
+    fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
+        socket_file_leftovers(dir, SUFFIX, SockType::Datagram, self.name())
+    }
+}
+
+/// A datagram socket bound to an abstract name the kernel picks.
+fn new_socket() -> io::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new_unnamed())?;
+    Ok(fd)
+}
+
+fn set_send_timeout(fd: &OwnedFd, t: Duration) -> io::Result<()> {
+    let tv = TimeVal::new(t.as_secs() as _, t.subsec_micros() as _);
+    Ok(socket::setsockopt(fd, sockopt::SendTimeout, &tv)?)
+}
+
+/// One datagram received with its sender's address and credentials.
+struct Received {
+    len: usize,
+    truncated: bool,
+    from: Option<UnixAddr>,
+    /// (pid, uid) from `SCM_CREDENTIALS`.
+    cred: Option<(i32, u32)>,
+}
+
+/// Take the next datagram, if one is queued, into `buf`.
+fn receive(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(libc::ucred);
+    let msg = match socket::recvmsg::<UnixAddr>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
+        Err(Errno::EAGAIN | Errno::EINTR) => return Ok(None),
+        r => r?,
+    };
+    let mut cred = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmCredentials(u) = c {
+            cred = Some((u.pid(), u.uid()));
+        }
+    }
+    Ok(Some(Received {
+        len: msg.bytes,
+        truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+        // An unbound sender's address is empty: nobody to answer.
+        // (Checked by length: nix's accessors assert on an empty address.)
+        from: msg
+            .address
+            .filter(|a| a.len() as usize > std::mem::size_of::<libc::sa_family_t>()),
+        cred,
+    }))
+}
+
+/// The client's wait for the server's welcome: the server's pid and its
+/// session socket's address. An `ERR` line instead is the server's refusal.
+fn welcome(fd: &OwnedFd, path: &Path, timeout: Duration) -> io::Result<(i32, UnixAddr)> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !runtime::wait_readable(fd, left)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the server at {} did not answer within {timeout:?} (is it frozen?)",
+                    path.display()
+                ),
+            ));
+        }
+        let Some(r) = receive(fd, &mut buf)? else {
+            continue;
+        };
+        let data = &buf[..r.len];
+        if data.starts_with(b"ERR ") {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                String::from_utf8_lossy(data).trim_end().to_string(),
+            ));
+        }
+        match (data == WELCOME, r.from, r.cred) {
+            (true, Some(from), Some((pid, _))) => return Ok((pid, from)),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} answered with something other than ipclab's welcome (another program's socket?)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+struct DgramServer {
+    sock: OwnedFd,
+    // Dropped after the socket: the file goes with the server.
+    file: CreatedPath,
+    cfg: Config,
+    /// Where a greeting is received (large enough to see any datagram
+    /// whole, so a long one is not taken for a greeting).
+    buf: Vec<u8>,
+}
+
+impl DgramServer {
+    /// Tell a sender that is not served why, from the bound socket.
+    fn answer(&self, to: &UnixAddr, why: &str) {
+        let line = format!("ERR {why}\n");
+        let _ = socket::sendto(
+            self.sock.as_raw_fd(),
+            line.as_bytes(),
+            to,
+            MsgFlags::MSG_DONTWAIT,
+        );
+    }
+}
+
+impl Listener for DgramServer {
+    fn endpoint(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>> {
+        if !runtime::wait_readable(&self.sock, wait)? {
+            return Ok(None);
+        }
+        let Some(r) = receive(&self.sock, &mut self.buf)? else {
+            return Ok(None);
+        };
+        let (Some(from), Some((pid, uid))) = (r.from, r.cred) else {
+            eprintln!(
+                "ipclab: a datagram from an unbound socket: no address to answer (bind the client's socket)"
+            );
+            return Ok(None);
+        };
+        if r.len == 0 {
+            // A late end-of-stream marker: nothing to serve.
+            return Ok(None);
+        }
+        if r.truncated || self.buf[..r.len] != *HELLO {
+            self.answer(&from, NOT_GREETED);
+            return Ok(None);
+        }
+        // `--same-user`: refused before any session exists, by the
+        // credentials the kernel attached to the greeting.
+        if let Some(why) = self.cfg.same_user.then(|| refusal(uid, pid)).flatten() {
+            self.answer(&from, &why);
+            return Ok(None);
+        }
+        let session = new_socket()?;
+        match socket::connect(session.as_raw_fd(), &from) {
+            Ok(()) => {}
+            // The client is gone already.
+            Err(Errno::ECONNREFUSED | Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let mut link =
+            PacketLink::new(session, self.cfg.idle_timeout, self.cfg.timeout, Some(pid))?;
+        if let Err(e) = std::io::Write::write(&mut link, WELCOME) {
+            eprintln!("ipclab: a client (pid {pid}) did not take its welcome: {e}");
+            return Ok(None);
+        }
+        Ok(Some(Box::new(link)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> (tempfile::TempDir, Box<dyn Listener>, UnixAddr) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            dir: dir.path().join("rt"),
+            name: "t".into(),
+            ..Config::default()
+        };
+        let listener = UnixDgram.listen(&cfg).unwrap();
+        let addr = UnixAddr::new(&cfg.object_path(SUFFIX)).unwrap();
+        (dir, listener, addr)
+    }
+
+    /// A program that sends a request instead of the greeting gets no
+    /// session, and is told why from the address it sent to.
+    #[test]
+    fn a_datagram_that_is_not_a_greeting_is_answered_with_an_error() {
+        let (_dir, mut listener, addr) = server();
+        let other = new_socket().unwrap();
+        socket::sendto(other.as_raw_fd(), b"ping\n", &addr, MsgFlags::empty()).unwrap();
+        assert!(listener.accept(Duration::from_secs(5)).unwrap().is_none());
+        assert!(runtime::wait_readable(&other, Duration::from_secs(5)).unwrap());
+        let mut buf = [0u8; 512];
+        let (n, from) = socket::recvfrom::<UnixAddr>(other.as_raw_fd(), &mut buf).unwrap();
+        let line = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            line.starts_with("ERR ") && line.contains("ipclab client unix-dgram"),
+            "{line}"
+        );
+        assert_eq!(from.unwrap().path(), addr.path());
+    }
+
+    /// A greeting from a socket without an address cannot be answered: no
+    /// session, and the server goes on.
+    #[test]
+    fn an_unbound_sender_gets_no_session() {
+        let (_dir, mut listener, addr) = server();
+        let unbound = socket::socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        socket::sendto(unbound.as_raw_fd(), HELLO, &addr, MsgFlags::empty()).unwrap();
+        assert!(listener.accept(Duration::from_secs(5)).unwrap().is_none());
+    }
+}
