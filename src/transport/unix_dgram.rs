@@ -146,9 +146,6 @@ impl Transport for UnixDgram {
         let sock = bind_listening(&path, SockType::Datagram, self.name(), cfg.timeout)?;
         let file = CreatedPath::adopt(path)?;
         socket::setsockopt(&sock, sockopt::PassCred, &true)?;
-        // Refusals and greetings sent from here must not wait for a client
-        // that does not read.
-        set_send_timeout(&sock, Duration::from_millis(100))?;
         Ok(Box::new(DgramServer {
             sock,
             file,
@@ -182,8 +179,12 @@ impl Transport for UnixDgram {
             }
         }
         let (pid, session) = welcome(&fd, &path, cfg.timeout)?;
-        socket::connect(fd.as_raw_fd(), &session)
-            .map_err(|e| reach_error(e, &path, self.name()))?;
+        socket::connect(fd.as_raw_fd(), &session).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("the server's session socket closed before the session began: {e}"),
+            )
+        })?;
         // Credentials are no longer needed; without them no datagram asks
         // the kernel for any.
         socket::setsockopt(&fd, sockopt::PassCred, &false)?;
@@ -309,7 +310,8 @@ struct DgramServer {
 }
 
 impl DgramServer {
-    /// Tell a sender that is not served why, from the bound socket.
+    /// Tell a sender that is not served why, from the bound socket
+    /// (without waiting: a sender whose queue is full misses it).
     fn answer(&self, to: &UnixAddr, why: &str) {
         let line = format!("ERR {why}\n");
         let _ = socket::sendto(
