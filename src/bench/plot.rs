@@ -91,6 +91,32 @@ fn rasterise(svg: &str) -> io::Result<Vec<u8>> {
         .map_err(|e| io::Error::other(format!("encoding the PNG: {e}")))
 }
 
+/// Line colours: Tableau's ten, then ten darker ones, all legible on
+/// white (plotters' `Palette99` has pale yellows and pinks that vanish
+/// once there are more than a dozen lines).
+const PALETTE: [(u8, u8, u8); 20] = [
+    (0x1f, 0x77, 0xb4),
+    (0xff, 0x7f, 0x0e),
+    (0x2c, 0xa0, 0x2c),
+    (0xd6, 0x27, 0x28),
+    (0x94, 0x67, 0xbd),
+    (0x8c, 0x56, 0x4b),
+    (0xe3, 0x77, 0xc2),
+    (0x7f, 0x7f, 0x7f),
+    (0xbc, 0xbd, 0x22),
+    (0x17, 0xbe, 0xcf),
+    (0x39, 0x3b, 0x79),
+    (0x63, 0x79, 0x39),
+    (0x8c, 0x6d, 0x31),
+    (0x84, 0x3c, 0x39),
+    (0x7b, 0x41, 0x73),
+    (0x31, 0x82, 0xbd),
+    (0xe6, 0x55, 0x0d),
+    (0x31, 0xa3, 0x54),
+    (0x75, 0x6b, 0xb1),
+    (0x36, 0x36, 0x36),
+];
+
 fn draw_on<DB: DrawingBackend>(
     report: &Report,
     placements: &[Placement],
@@ -105,8 +131,10 @@ fn draw_on<DB: DrawingBackend>(
             order.push(&c.transport);
         }
     }
-    let colour =
-        |name: &str| Palette99::pick(order.iter().position(|n| *n == name).unwrap_or(0)).to_rgba();
+    let colour = |name: &str| {
+        let (r, g, b) = PALETTE[order.iter().position(|n| *n == name).unwrap_or(0) % PALETTE.len()];
+        RGBColor(r, g, b).to_rgba()
+    };
     let areas = root.split_evenly((placements.len().max(1), 1));
     for (panel, &placement) in areas.iter().zip(placements) {
         // The chart on the left, its legend in a column of its own: a
