@@ -1,4 +1,4 @@
-//! `fifo` — named pipes: one well-known request FIFO, a reply FIFO per client.
+//! `fifo` — named pipes: a well-known FIFO to meet, a private FIFO pair per client.
 //!
 //! # What it is
 //! A FIFO ("named pipe", `mkfifo(3)`) is a pipe with a name in the
@@ -9,95 +9,100 @@
 //!
 //! # The classic client/server design
 //! ```text
-//!                        <dir>/<name>.fifo  (well-known, created by the server)
-//!   client A ──packets──▶ ┌──────────────┐
-//!   client B ──packets──▶ │ request FIFO │ ──▶ server: demultiplexes packets by client
-//!                         └──────────────┘        │
-//!   client A ◀── <dir>/<name>.<pidA>-<n>.reply ◀──┤  (private, created by the client)
-//!   client B ◀── <dir>/<name>.<pidB>-<n>.reply ◀──┘
+//!                          <dir>/<name>.fifo  (well-known, created by the server)
+//!   client A ──HELLO A──▶ ┌──────────────┐
+//!   client B ──HELLO B──▶ │ meeting FIFO │ ──▶ server: opens the client's pair
+//!                         └──────────────┘
+//!   client A ──▶ <name>.<pidA>-<n>.req   ──▶ session A ─┐   (private, created
+//!   client A ◀── <name>.<pidA>-<n>.reply ◀──────────────┘    by the client)
+//!   client B ──▶ <name>.<pidB>-<n>.req   ──▶ session B ─┐
+//!   client B ◀── <name>.<pidB>-<n>.reply ◀──────────────┘
 //! ```
-//! A FIFO is one-way, and every client writes into the *same* request FIFO,
-//! so a reply cannot go back the same way: each client makes a private reply
-//! FIFO named after its pid (and a connection number, since one process may
-//! hold several connections) and announces itself in its first packet.
+//! A FIFO is one-way, and anyone may write into the well-known FIFO, so it
+//! cannot carry a conversation: replies could not find their way back, and
+//! requests from several clients would interleave. So each client makes a
+//! private FIFO for each direction, named after its pid (and a connection
+//! number, since one process may hold several connections), and announces
+//! them in one **HELLO** packet on the well-known FIFO. From then on a
+//! session is exactly a pair of pipes: a `write` and a `read` per direction,
+//! no thread in between.
 //!
-//! **Keeping messages whole.** Writes from several clients interleave on the
-//! request FIFO. POSIX promises that a write of at most `PIPE_BUF` bytes
+//! (The textbook FIFO server — Stevens, *UNIX Network Programming* vol. 2,
+//! ch. 4 — sends every request through the well-known FIFO and only the
+//! replies through a private one. With many clients the server must then
+//! sort requests by client, and a request larger than `PIPE_BUF` must be
+//! cut into packets that say whose they are. ipclab's first FIFO transport
+//! did that; the hand-off from its sorting thread to the session made a
+//! 64 B round trip 3.4× a pipe's. With a private pair per client it costs
+//! what a pipe costs.)
+//!
+//! **Keeping HELLOs whole.** Writes from several clients interleave on the
+//! well-known FIFO. POSIX promises that a write of at most `PIPE_BUF` bytes
 //! (4096 on Linux) is *atomic*: its bytes land together, never mixed with
-//! another writer's. So every write to the request FIFO is one packet of at
-//! most `PIPE_BUF` bytes: a 12-byte header naming the client, then up to
-//! 4084 bytes of the client's byte stream. A message larger than that (the
-//! 1 MiB echo) is simply carried by many packets; the server appends each
-//! packet's bytes to that client's stream, so interleaving *between* packets
-//! of different clients is harmless. (A write larger than `PIPE_BUF` may be
-//! split by the kernel and interleaved with another writer's bytes — exactly
-//! what the packets avoid.) Replies need no packets: a reply FIFO has one
-//! writer, the server.
-//!
+//! another writer's. A HELLO is 12 bytes, one write, so it always arrives
+//! whole:
 //! ```text
-//!   packet: | pid u32 | connection u32 | kind u8 | 0 | length u16 | data (≤ 4084) |
-//!   kinds:  1 HELLO (a new client: open my reply FIFO)  2 DATA  3 BYE (I am leaving)
+//!   HELLO: | pid u32 | connection u32 | kind u8 = 1 | 0 | length u16 = 0 |
 //! ```
 //!
 //! # Opening without hanging
 //! `open(2)` of a FIFO blocks until the other side opens it too — a client
-//! whose server is gone would hang in `open` forever. So:
-//! * the client opens the request FIFO with `O_WRONLY | O_NONBLOCK`: it fails
-//!   at once with `ENXIO` if no server has it open for reading (a stale FIFO
-//!   of a dead server) and `ENOENT` if there is no FIFO at all;
-//! * the client opens its reply FIFO with `O_RDONLY | O_NONBLOCK`, which
-//!   never blocks, before announcing it; the server then opens it with
-//!   `O_WRONLY | O_NONBLOCK`, which succeeds because the reader is there;
-//! * the server opens the request FIFO for reading with `O_NONBLOCK` and then
-//!   keeps one write descriptor of its own open on it: otherwise each time the
-//!   last client closed its end the server's reads would see end of file. (On
-//!   Linux, `O_RDWR` on a FIFO does both in one call, but POSIX leaves it
-//!   undefined.)
+//! whose server is gone would hang in `open` forever. So every open is
+//! `O_NONBLOCK`, in an order that makes each one succeed:
+//! * the client opens the well-known FIFO with `O_WRONLY | O_NONBLOCK`: it
+//!   fails at once with `ENXIO` if no server has it open for reading (a
+//!   stale FIFO of a dead server) and `ENOENT` if there is no FIFO at all;
+//! * the client opens its reply FIFO for reading (a non-blocking read open
+//!   always succeeds), and its request FIFO for reading *and then* for
+//!   writing: a non-blocking write open needs a reader, and until the
+//!   server has its own, the client's placeholder reader is that reader;
+//! * on HELLO the server opens the reply FIFO for writing (the client's
+//!   reader is there) and the request FIFO for reading, removes both names
+//!   (both ends of each are open, so the FIFOs live on nameless, and a
+//!   client killed from here on leaves nothing), and writes one WELCOME byte
+//!   into the reply FIFO; the client, which waited for it in `poll(2)`,
+//!   closes its placeholder.
 //!
-//! Every wait after that is a `poll(2)` bounded by the timeout; a client's
-//! reply FIFO reports a hang-up (end of file) when the server dies.
+//! # End of a session
+//! Exactly as for a pipe: `read` returns end of file once every write end
+//! is closed, so a client that quits, crashes or is killed ends its session
+//! at once (the server holds only the read end of the request FIFO), and a
+//! server that dies ends the client's. The server keeps one write
+//! descriptor of its own on the well-known FIFO, so that its reads there
+//! never see end of file between clients.
 //!
-//! # Liveness
-//! A client killed with SIGKILL sends no BYE. The server checks, while a
-//! session waits for data, whether the client's pid still exists
-//! (`kill(pid, 0)`), and ends the session of a dead client within a second.
-//! The reply FIFO's *name* is gone long before: once the server has opened
-//! it for writing (the client opened it for reading before its HELLO), the
-//! server removes it — both ends are open, so the FIFO lives on nameless
-//! until they close, and a client killed afterwards leaves nothing. Only a
-//! client killed between creating it and the HELLO leaves one, which
-//! `ipclab clean` recognises by the dead pid in its name. A stale request FIFO left by a
-//! SIGKILLed server is recognised by the next server (opening it for writing
-//! fails with `ENXIO`: nobody reads it) and replaced; a live server's FIFO is
-//! reported as in use.
+//! # Leftovers
+//! A client killed between creating its FIFOs and the server's welcome
+//! leaves them; `ipclab clean` recognises them by the dead pid in their
+//! names. A stale well-known FIFO left by a SIGKILLed server is recognised
+//! by the next server (opening it for writing fails with `ENXIO`: nobody
+//! reads it) and replaced; a live server's FIFO is reported as in use.
 //!
 //! # Limits
-//! * `PIPE_BUF` = 4096: the atomic unit, hence the packet size.
-//! * The FIFO buffer: 64 KiB by default, like a pipe.
-//! * The server's demultiplexing thread forwards each packet to the client's
-//!   session thread: one more wake-up per message than a pipe has.
+//! * `PIPE_BUF` = 4096: the atomic unit on the shared FIFO.
+//! * The FIFO buffer: 64 KiB by default, like a pipe; a writer grows it to
+//!   fit a message, as the pipe transport does.
 //!
 //! # System calls
-//! `mkfifo(3)` (`mknod(2)`), `open(2)` with `O_NONBLOCK`, `poll(2)`,
-//! `read(2)`, `write(2)`, `unlink(2)`, `kill(2)` with signal 0; see `fifo(7)`,
+//! `mkfifo(3)` (`mknod(2)`), `open(2)` with `O_NONBLOCK`, `fcntl(2)`,
+//! `poll(2)`, `read(2)`, `write(2)`/`writev(2)`, `unlink(2)`; see `fifo(7)`,
 //! `pipe(7)` (on `PIPE_BUF`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
-use nix::sys::signal::kill;
 use nix::sys::stat::Mode;
-use nix::unistd::{Pid, getuid, mkfifo};
+use nix::unistd::{getuid, mkfifo};
 
-use super::pipe::{read_within, write_within};
+use super::pipe::{FdLink, set_blocking, write_within};
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
 use crate::clean::{self, Leftover};
 use crate::runtime::{self, CreatedPath};
@@ -105,10 +110,9 @@ use crate::runtime::{self, CreatedPath};
 /// `PIPE_BUF` on Linux: writes up to this size are atomic.
 pub const PIPE_BUF: usize = libc::PIPE_BUF;
 const HEADER: usize = 12;
-const MAX_DATA: usize = PIPE_BUF - HEADER;
 const HELLO: u8 = 1;
-const DATA: u8 = 2;
-const BYE: u8 = 3;
+/// The server's one-byte answer on the reply FIFO: the session is open.
+const WELCOME: u8 = b'W';
 
 /// The FIFO transport.
 pub struct Fifo;
@@ -118,13 +122,13 @@ impl Transport for Fifo {
         "fifo"
     }
     fn description(&self) -> &'static str {
-        "named pipes: a well-known request FIFO, a private reply FIFO per client"
+        "named pipes: a well-known FIFO to meet, a private request/reply FIFO pair per client"
     }
     fn kernel_objects(&self) -> &'static str {
-        "FIFO <dir>/<name>.fifo for requests; FIFO <dir>/<name>.<pid>-<n>.reply per client"
+        "FIFO <dir>/<name>.fifo for HELLOs; FIFOs <dir>/<name>.<pid>-<n>.req and .reply per client (unlinked once open)"
     }
     fn inspect_note(&self) -> &'static str {
-        "The server holds the request FIFO <name>.fifo open for reading, and for writing too, so that its reads never see end-of-file between clients. The client holds the same FIFO (the same inode) for writing, and its own reply FIFO for reading while the server holds that one for writing; the reply FIFO's name is already gone (the server removed it once both ends were open), which is why only one FIFO file is listed below. Unlike a pipe, a FIFO has a path (type p in ls -l), so unrelated processes can meet at it; the data still goes through a kernel pipe buffer and never touches the disk."
+        "The server holds the well-known FIFO <name>.fifo open for reading, and for writing too, so that its reads never see end-of-file between clients. Each session is a pair of FIFOs the client made: the server reads the request FIFO and writes the reply FIFO, the client the other way round. Their names are already gone (the server removed them once both ends were open), which is why they show as nameless pipes, exactly like an anonymous pipe pair: only their creation differed. Unlike a pipe, a FIFO has a path (type p in ls -l), so unrelated processes can meet at it; the data still goes through a kernel pipe buffer and never touches the disk."
     }
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
         let mut found: Vec<Leftover> = clean::files_with_suffix(dir, ".fifo")
@@ -135,11 +139,7 @@ impl Transport for Fifo {
                     "FIFO",
                     &path,
                     |t| t.is_fifo(),
-                    || match open(
-                        &path,
-                        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-                        Mode::empty(),
-                    ) {
+                    || match open_fifo(&path, OFlag::O_WRONLY) {
                         Ok(_) => Ok(Ok("a server reads it".into())),
                         Err(Errno::ENXIO) => {
                             Ok(Err("nobody reads it: its server was killed".into()))
@@ -149,22 +149,24 @@ impl Transport for Fifo {
                 )
             })
             .collect();
-        // <name>.<pid>-<conn>.reply: a client's reply FIFO.
-        for (instance, path) in clean::files_with_suffix(dir, ".reply") {
-            let pid = instance
-                .rsplit_once('.')
-                .and_then(|(_, pc)| pc.split_once('-'))
-                .and_then(|(p, _)| p.parse::<i32>().ok());
-            found.push(Leftover::judge_file(
-                "fifo",
-                "reply FIFO",
-                &path,
-                |t| t.is_fifo(),
-                || match pid {
-                    Some(p) => Ok(clean::pid_verdict("client", p)),
-                    None => Err(io::Error::other("no client pid in its name")),
-                },
-            ));
+        // <name>.<pid>-<conn>.req / .reply: a client's private FIFOs.
+        for (suffix, what) in [(".req", "request FIFO"), (".reply", "reply FIFO")] {
+            for (instance, path) in clean::files_with_suffix(dir, suffix) {
+                let pid = instance
+                    .rsplit_once('.')
+                    .and_then(|(_, pc)| pc.split_once('-'))
+                    .and_then(|(p, _)| p.parse::<i32>().ok());
+                found.push(Leftover::judge_file(
+                    "fifo",
+                    what,
+                    &path,
+                    |t| t.is_fifo(),
+                    || match pid {
+                        Some(p) => Ok(clean::pid_verdict("client", p)),
+                        None => Err(io::Error::other("no client pid in its name")),
+                    },
+                ));
+            }
         }
         found
     }
@@ -172,7 +174,7 @@ impl Transport for Fifo {
         Capabilities {
             multi_client: true,
             boundaries: Boundaries::Stream,
-            max_message: Some(PIPE_BUF),
+            max_message: None,
             crosses_machines: false,
             inherited: false,
         }
@@ -183,25 +185,16 @@ impl Transport for Fifo {
         let path = cfg.object_path(".fifo");
         make_fifo_replacing_stale(&path)?;
         let file = CreatedPath::adopt(path.clone())?;
-        let rx = File::from(open(
-            &path,
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        )?);
+        let rx = File::from(open_fifo(&path, OFlag::O_RDONLY)?);
         // Our own writer: reads never see end of file between clients.
-        let keepalive = File::from(open(
-            &path,
-            OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        )?);
+        let keepalive = File::from(open_fifo(&path, OFlag::O_WRONLY)?);
         Ok(Box::new(FifoServer {
             rx,
             _keepalive: keepalive,
             file,
             cfg: cfg.clone(),
-            buf: vec![0; 64 * 1024],
+            buf: [0; PIPE_BUF],
             len: 0,
-            sessions: HashMap::new(),
             ready: VecDeque::new(),
         }))
     }
@@ -211,78 +204,124 @@ impl Transport for Fifo {
         let pid = std::process::id();
         let conn = NEXT.fetch_add(1, Ordering::Relaxed);
         let server_path = cfg.object_path(".fifo");
-        let reply_path = reply_path(cfg, pid, conn);
-        // A reply FIFO of this very name can only be left by a dead process
-        // that had our pid before us; it is ours to replace.
-        if let Ok(m) = fs::symlink_metadata(&reply_path)
-            && m.file_type().is_fifo()
-            && m.uid() == getuid().as_raw()
-        {
-            fs::remove_file(&reply_path)?;
-        }
-        mkfifo(&reply_path, Mode::S_IRUSR | Mode::S_IWUSR).map_err(|e| {
-            io::Error::new(
-                io::Error::from(e).kind(),
-                format!("cannot create {}: {e}", reply_path.display()),
-            )
-        })?;
-        let reply = CreatedPath::adopt(reply_path.clone())?;
-        let rx = File::from(open(
-            &reply_path,
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        )?);
-        let tx = match open(
-            &server_path,
-            OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        ) {
-            Ok(fd) => File::from(fd),
-            Err(Errno::ENOENT) => {
-                return Err(io::Error::new(
+        let req = make_private_fifo(&private_path(cfg, pid, conn, ".req"))?;
+        let reply = make_private_fifo(&private_path(cfg, pid, conn, ".reply"))?;
+        // Never blocks: a read open needs no writer.
+        let rx = open_fifo(reply.path(), OFlag::O_RDONLY)?;
+        // A write open needs a reader; until the server opens its own, the
+        // placeholder is that reader.
+        let placeholder = open_fifo(req.path(), OFlag::O_RDONLY)?;
+        let tx = open_fifo(req.path(), OFlag::O_WRONLY)?;
+        let mut hello = File::from(open_fifo(&server_path, OFlag::O_WRONLY).map_err(|e| {
+            match e {
+                Errno::ENOENT => io::Error::new(
                     io::ErrorKind::NotFound,
                     format!(
                         "no server at {}: the FIFO does not exist (start one with `ipclab serve fifo`)",
                         server_path.display()
                     ),
-                ));
-            }
-            Err(Errno::ENXIO) => {
-                return Err(io::Error::new(
+                ),
+                Errno::ENXIO => io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     format!(
                         "no server reads {} (a stale FIFO; start one with `ipclab serve fifo`)",
                         server_path.display()
                     ),
-                ));
-            }
-            Err(e) => {
-                return Err(io::Error::new(
+                ),
+                e => io::Error::new(
                     io::Error::from(e).kind(),
                     format!("cannot open {}: {e}", server_path.display()),
+                ),
+            }
+        })?);
+        let mut packet = [0u8; HEADER];
+        packet[0..4].copy_from_slice(&pid.to_le_bytes());
+        packet[4..8].copy_from_slice(&conn.to_le_bytes());
+        packet[8] = HELLO;
+        // One write of 12 bytes: atomic, whatever other clients write.
+        write_within(&mut hello, cfg.timeout, |f| f.write(&packet))?;
+        drop(hello);
+
+        // The welcome: the server has both FIFOs open.
+        let mut rx = File::from(rx);
+        let deadline = Instant::now() + cfg.timeout;
+        let mut byte = [0u8; 1];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !runtime::wait_readable(&rx, left)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the server at {} did not open this client's FIFOs within {:?} (is it frozen?)",
+                        server_path.display(),
+                        cfg.timeout
+                    ),
                 ));
             }
-        };
-        let mut link = FifoClient {
-            rx,
+            match rx.read(&mut byte) {
+                Ok(1) if byte[0] == WELCOME => break,
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the server closed this client's FIFOs before the session began",
+                    ));
+                }
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the server's welcome was not ipclab's",
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        drop(placeholder);
+        set_blocking(&rx)?;
+        Ok(Box::new(FdLink::new(
+            rx.into(),
             tx,
-            pid,
-            conn,
-            timeout: cfg.timeout,
-            packet: [0; PIPE_BUF],
-            _reply: reply,
-        };
-        link.send_packet(HELLO, &[])?;
-        Ok(Box::new(link))
+            cfg.timeout,
+            cfg.timeout,
+        )?))
     }
 }
 
-fn reply_path(cfg: &Config, pid: u32, conn: u32) -> PathBuf {
-    cfg.object_path(&format!(".{pid}-{conn}.reply"))
+fn private_path(cfg: &Config, pid: u32, conn: u32, suffix: &str) -> PathBuf {
+    cfg.object_path(&format!(".{pid}-{conn}{suffix}"))
 }
 
-/// Create the request FIFO; replace a stale one (nobody reads it), refuse a
-/// live one and anything that is not our FIFO.
+/// Open a FIFO without blocking (see "Opening without hanging").
+fn open_fifo(path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+    open(
+        path,
+        flags | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+}
+
+/// A client's private FIFO, removed again if the session never starts (the
+/// server removes the name once it has opened it).
+fn make_private_fifo(path: &Path) -> io::Result<CreatedPath> {
+    // A FIFO of this very name can only be left by a dead process that had
+    // our pid before us; it is ours to replace.
+    if let Ok(m) = fs::symlink_metadata(path)
+        && m.file_type().is_fifo()
+        && m.uid() == getuid().as_raw()
+    {
+        fs::remove_file(path)?;
+    }
+    mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("cannot create {}: {e}", path.display()),
+        )
+    })?;
+    CreatedPath::adopt(path.to_path_buf())
+}
+
+/// Create the well-known FIFO; replace a stale one (nobody reads it),
+/// refuse a live one and anything that is not our FIFO.
 fn make_fifo_replacing_stale(path: &Path) -> io::Result<()> {
     let mode = Mode::S_IRUSR | Mode::S_IWUSR;
     match mkfifo(path, mode) {
@@ -296,11 +335,7 @@ fn make_fifo_replacing_stale(path: &Path) -> io::Result<()> {
         }
     }
     runtime::check_ours(path, |t| t.is_fifo(), "a FIFO")?;
-    match open(
-        path,
-        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::empty(),
-    ) {
+    match open_fifo(path, OFlag::O_WRONLY) {
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!(
@@ -316,118 +351,18 @@ fn make_fifo_replacing_stale(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The client's end: packets into the request FIFO, bytes out of its reply FIFO.
-struct FifoClient {
-    rx: File,
-    tx: File,
-    pid: u32,
-    conn: u32,
-    timeout: Duration,
-    packet: [u8; PIPE_BUF],
-    _reply: CreatedPath,
-}
-
-impl FifoClient {
-    /// Write one packet (header + `data`, at most `PIPE_BUF` bytes) in one
-    /// atomic write.
-    fn send_packet(&mut self, kind: u8, data: &[u8]) -> io::Result<()> {
-        let n = self.fill_header(kind, data.len());
-        self.packet[HEADER..n].copy_from_slice(data);
-        self.write_packet(n)
-    }
-
-    fn fill_header(&mut self, kind: u8, len: usize) -> usize {
-        debug_assert!(len <= MAX_DATA);
-        self.packet[0..4].copy_from_slice(&self.pid.to_le_bytes());
-        self.packet[4..8].copy_from_slice(&self.conn.to_le_bytes());
-        self.packet[8] = kind;
-        self.packet[9] = 0;
-        self.packet[10..12].copy_from_slice(&(len as u16).to_le_bytes());
-        HEADER + len
-    }
-
-    fn write_packet(&mut self, n: usize) -> io::Result<()> {
-        let packet = &self.packet[..n];
-        let written = write_within(&mut self.tx, self.timeout, |f| f.write(packet))?;
-        // A write of at most PIPE_BUF bytes is all or nothing.
-        debug_assert_eq!(written, n);
-        Ok(())
-    }
-}
-
-impl Read for FifoClient {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        read_within(&mut self.rx, self.timeout, buf)
-    }
-}
-
-impl Write for FifoClient {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(MAX_DATA);
-        self.send_packet(DATA, &buf[..n])?;
-        Ok(n)
-    }
-
-    /// Gather as much of `bufs` as fits into one packet: a small message
-    /// (header + payload) is one write.
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let mut n = 0;
-        for b in bufs {
-            let take = b.len().min(MAX_DATA - n);
-            self.packet[HEADER + n..HEADER + n + take].copy_from_slice(&b[..take]);
-            n += take;
-            if n == MAX_DATA {
-                break;
-            }
-        }
-        let total = self.fill_header(DATA, n);
-        self.write_packet(total)?;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for FifoClient {
-    fn drop(&mut self) {
-        // Best effort: the server also notices a dead pid.
-        let n = self.fill_header(BYE, 0);
-        let _ = self.tx.write(&self.packet[..n]);
-    }
-}
-
-/// The serving side: reads packets from the request FIFO and hands each
-/// client's bytes to that client's session.
+/// The serving side: takes HELLOs off the well-known FIFO and opens each
+/// client's pair.
 struct FifoServer {
     rx: File,
     _keepalive: File,
     file: CreatedPath,
     cfg: Config,
-    buf: Vec<u8>,
+    buf: [u8; PIPE_BUF],
     len: usize,
-    sessions: HashMap<(u32, u32), Session>,
+    /// Sessions opened from HELLOs read together, handed out one per
+    /// `accept`.
     ready: VecDeque<Box<dyn Link>>,
-}
-
-/// Bytes the listener took off the request FIFO for one session, not yet
-/// read by it. A queue that keeps its capacity: no allocation per packet.
-#[derive(Default)]
-struct Inbox {
-    bytes: VecDeque<u8>,
-    /// BYE came, or the session was dropped.
-    closed: bool,
-}
-
-type SharedInbox = Arc<(Mutex<Inbox>, Condvar)>;
-
-fn lock(inbox: &SharedInbox) -> MutexGuard<'_, Inbox> {
-    inbox.0.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-struct Session {
-    inbox: SharedInbox,
 }
 
 impl Listener for FifoServer {
@@ -447,196 +382,65 @@ impl Listener for FifoServer {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
-        self.dispatch();
-        Ok(self.ready.pop_front())
-    }
-}
-
-impl FifoServer {
-    /// Hand out every complete packet in the buffer.
-    fn dispatch(&mut self) {
         let mut at = 0;
         while self.len - at >= HEADER {
             let h = &self.buf[at..at + HEADER];
             let pid = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
             let conn = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-            let kind = h[8];
-            let len = u16::from_le_bytes([h[10], h[11]]) as usize;
-            if len > MAX_DATA || !(HELLO..=BYE).contains(&kind) {
-                // Only our uid can write here (mode 0600), but do not trust it:
-                // a corrupt stream cannot be resynchronised, so drop it.
+            if h[8] != HELLO || h[9..12] != [0, 0, 0] {
+                // Only our uid can write here (mode 0600), but do not trust
+                // it: a corrupt stream cannot be resynchronised, so drop it.
                 eprintln!(
-                    "ipclab: fifo: a malformed packet on the request FIFO; discarding buffered input"
+                    "ipclab: fifo: a malformed packet on the well-known FIFO; discarding buffered input"
                 );
                 at = self.len;
                 break;
             }
-            if self.len - at < HEADER + len {
-                break;
+            at += HEADER;
+            match self.open_session(pid, conn) {
+                Ok(link) => self.ready.push_back(link),
+                Err(e) => eprintln!("ipclab: fifo: client pid {pid} ({conn}): {e}"),
             }
-            let key = (pid, conn);
-            match kind {
-                HELLO => {
-                    if let Some(link) = self.open_session(key) {
-                        self.ready.push_back(link);
-                    }
-                }
-                DATA => {
-                    let data = &self.buf[at + HEADER..at + HEADER + len];
-                    // Bounded, so a client that floods the FIFO cannot make
-                    // the server hoard memory; a session whose reader is
-                    // gone is forgotten.
-                    let limit = self.cfg.max_frame + (64 << 10);
-                    let drop_it = match self.sessions.get(&key) {
-                        Some(s) if Arc::strong_count(&s.inbox) == 1 => true,
-                        Some(s) => {
-                            let mut inbox = lock(&s.inbox);
-                            if inbox.bytes.len() + len > limit {
-                                inbox.closed = true;
-                            } else {
-                                inbox.bytes.extend(data);
-                            }
-                            s.inbox.1.notify_one();
-                            inbox.closed
-                        }
-                        None => false,
-                    };
-                    if drop_it {
-                        self.sessions.remove(&key);
-                    }
-                }
-                _ => {
-                    if let Some(s) = self.sessions.remove(&key) {
-                        lock(&s.inbox).closed = true;
-                        s.inbox.1.notify_one();
-                    }
-                }
-            }
-            at += HEADER + len;
         }
         self.buf.copy_within(at..self.len, 0);
         self.len -= at;
-    }
-
-    fn open_session(&mut self, key: (u32, u32)) -> Option<Box<dyn Link>> {
-        let path = reply_path(&self.cfg, key.0, key.1);
-        let tx = match open(
-            &path,
-            OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        ) {
-            Ok(fd) => File::from(fd),
-            // The client left before we got to it.
-            Err(_) => return None,
-        };
-        let opened = match tx.metadata() {
-            Ok(m) if m.file_type().is_fifo() && m.uid() == getuid().as_raw() => m,
-            _ => return None,
-        };
-        // Both ends are open now (the client opened its end for reading
-        // before it said HELLO), so the name has done its job: remove it,
-        // and a client killed from here on leaves nothing behind. (The
-        // same "unlink after open" as posix-mq's connection queues.)
-        if let Ok(m) = fs::symlink_metadata(&path)
-            && (m.dev(), m.ino()) == (opened.dev(), opened.ino())
-        {
-            let _ = fs::remove_file(&path);
-        }
-        let inbox = SharedInbox::default();
-        self.sessions.insert(
-            key,
-            Session {
-                inbox: Arc::clone(&inbox),
-            },
-        );
-        Some(Box::new(ServerSide {
-            inbox,
-            tx,
-            pid: Pid::from_raw(key.0 as i32),
-            reply_path: path,
-            idle_timeout: self.cfg.idle_timeout,
-            write_timeout: self.cfg.timeout,
-        }))
+        Ok(self.ready.pop_front())
     }
 }
 
-/// One client session as the server sees it: bytes forwarded by the
-/// listener in, the client's reply FIFO out.
-struct ServerSide {
-    inbox: SharedInbox,
-    tx: File,
-    pid: Pid,
-    reply_path: PathBuf,
-    idle_timeout: Duration,
-    write_timeout: Duration,
-}
-
-/// How often a waiting session checks that its client is alive.
-const LIVENESS: Duration = Duration::from_millis(500);
-
-impl Read for ServerSide {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let deadline = Instant::now() + self.idle_timeout;
-        let mut inbox = lock(&self.inbox);
-        while inbox.bytes.is_empty() {
-            if inbox.closed {
-                return Ok(0); // BYE: end of stream
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+impl FifoServer {
+    fn open_session(&self, pid: u32, conn: u32) -> io::Result<Box<dyn Link>> {
+        let req_path = private_path(&self.cfg, pid, conn, ".req");
+        let reply_path = private_path(&self.cfg, pid, conn, ".reply");
+        // ENXIO: the client's reader is gone (it left before we got to it).
+        let tx = open_fifo(&reply_path, OFlag::O_WRONLY)?;
+        let rx = open_fifo(&req_path, OFlag::O_RDONLY)?;
+        for (fd, path) in [(&tx, &reply_path), (&rx, &req_path)] {
+            let opened = File::from(fd.try_clone()?).metadata()?;
+            if !opened.file_type().is_fifo() || opened.uid() != getuid().as_raw() {
                 return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client sent nothing",
+                    io::ErrorKind::PermissionDenied,
+                    format!("{} is not a FIFO of ours", path.display()),
                 ));
             }
-            let (guard, waited) = self
-                .inbox
-                .1
-                .wait_timeout(inbox, left.min(LIVENESS))
-                .unwrap_or_else(|p| p.into_inner());
-            inbox = guard;
-            if waited.timed_out()
-                && inbox.bytes.is_empty()
-                && kill(self.pid, None) == Err(Errno::ESRCH)
+            // Both ends are open now, so the name has done its job: remove
+            // it, and a client killed from here on leaves nothing behind.
+            // (The same "unlink after open" as posix-mq's connection
+            // queues.)
+            if let Ok(m) = fs::symlink_metadata(path)
+                && (m.dev(), m.ino()) == (opened.dev(), opened.ino())
             {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("client pid {} died", self.pid),
-                ));
+                let _ = fs::remove_file(path);
             }
         }
-        let n = buf.len().min(inbox.bytes.len());
-        let (front, back) = inbox.bytes.as_slices();
-        let k = n.min(front.len());
-        buf[..k].copy_from_slice(&front[..k]);
-        buf[k..n].copy_from_slice(&back[..n - k]);
-        inbox.bytes.drain(..n);
-        Ok(n)
-    }
-}
-
-impl Write for ServerSide {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        write_within(&mut self.tx, self.write_timeout, |f| f.write(buf))
-    }
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        write_within(&mut self.tx, self.write_timeout, |f| f.write_vectored(bufs))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for ServerSide {
-    fn drop(&mut self) {
-        // A client killed with SIGKILL cannot remove its reply FIFO; we can,
-        // once its pid is gone and the file is still a FIFO of ours.
-        if kill(self.pid, None) == Err(Errno::ESRCH)
-            && let Ok(m) = fs::symlink_metadata(&self.reply_path)
-            && m.file_type().is_fifo()
-            && m.uid() == getuid().as_raw()
-        {
-            let _ = fs::remove_file(&self.reply_path);
-        }
+        let mut tx = File::from(tx);
+        write_within(&mut tx, self.cfg.timeout, |f| f.write(&[WELCOME]))?;
+        set_blocking(&rx)?;
+        Ok(Box::new(FdLink::new(
+            rx,
+            tx.into(),
+            self.cfg.idle_timeout,
+            self.cfg.timeout,
+        )?))
     }
 }

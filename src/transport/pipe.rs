@@ -287,22 +287,12 @@ pub(crate) fn set_nonblocking(f: &impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
-/// `read(2)` after waiting at most `timeout` in `poll(2)` for data (or a
-/// hang-up, which the read then reports as end of file).
-pub(crate) fn read_within(f: &mut File, timeout: Duration, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        if !runtime::wait_fd(f, PollFlags::POLLIN, timeout)? {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("nothing arrived for {timeout:?}"),
-            ));
-        }
-        match f.read(buf) {
-            // A non-blocking fd can still find nothing (another reader won).
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return other,
-        }
-    }
+/// Clear `O_NONBLOCK` on `f`: its reads block again (bounded by
+/// [`crate::interrupt`]).
+pub(crate) fn set_blocking(f: &impl AsFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(f, FcntlArg::F_GETFL)?);
+    fcntl(f, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(())
 }
 
 /// Run a write on a non-blocking `f`; while it finds the pipe full

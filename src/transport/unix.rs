@@ -54,7 +54,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport, WatchedReads};
@@ -296,8 +295,7 @@ pub(crate) fn connect_socket(
             Err(e) => return Err(reach_error(e, path, transport)),
         }
     }
-    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
-    fcntl(&fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    super::pipe::set_blocking(&fd)?;
     Ok(fd)
 }
 
