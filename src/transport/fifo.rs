@@ -444,3 +444,53 @@ impl FifoServer {
         )?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Garbage and HELLOs naming no FIFOs on the well-known FIFO open no
+    /// session, and the next real client is served.
+    #[test]
+    fn bad_hellos_open_nothing_and_the_server_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            dir: dir.path().join("rt"),
+            name: "t".into(),
+            timeout: Duration::from_secs(5),
+            ..Config::default()
+        };
+        let mut server = Fifo.listen(&cfg).unwrap();
+        let mut w = File::from(open_fifo(&cfg.object_path(".fifo"), OFlag::O_WRONLY).unwrap());
+        // A HELLO for a client that made no FIFOs, then bytes that are no
+        // packet at all.
+        let mut hello = [0u8; HEADER];
+        hello[0..4].copy_from_slice(&999_999u32.to_le_bytes());
+        hello[8] = HELLO;
+        w.write_all(&hello).unwrap();
+        w.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        for _ in 0..3 {
+            assert!(server.accept(Duration::from_millis(200)).unwrap().is_none());
+        }
+        // A real client: its link works once the server accepts it.
+        let client = std::thread::spawn({
+            let cfg = cfg.clone();
+            move || {
+                let mut link = Fifo.connect(&cfg).unwrap();
+                link.write_all(b"hi").unwrap();
+                let mut back = [0u8; 2];
+                link.read_exact(&mut back).unwrap();
+                back
+            }
+        });
+        let mut session = loop {
+            if let Some(s) = server.accept(Duration::from_secs(5)).unwrap() {
+                break s;
+            }
+        };
+        let mut got = [0u8; 2];
+        session.read_exact(&mut got).unwrap();
+        session.write_all(&got).unwrap();
+        assert_eq!(&client.join().unwrap(), b"hi");
+    }
+}
