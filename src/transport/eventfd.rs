@@ -74,7 +74,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 
-use super::unix::{bind_listening, connect_socket};
+use super::unix::{connect_socket, listen_on_file};
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
 use crate::clean::Leftover;
 use crate::interrupt;
@@ -116,10 +116,7 @@ impl Transport for Eventfd {
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
-        runtime::prepare_dir(&cfg.dir)?;
-        let path = cfg.object_path(SUFFIX);
-        let listener = bind_listening(&path, SockType::Stream, self.name(), cfg.timeout)?;
-        let file = CreatedPath::adopt(path)?;
+        let (listener, file) = listen_on_file(cfg, SUFFIX, SockType::Stream, self.name())?;
         Ok(Box::new(EfdServer {
             listener,
             file,

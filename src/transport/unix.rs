@@ -90,12 +90,9 @@ impl Transport for Unix {
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
-        runtime::prepare_dir(&cfg.dir)?;
-        let path = cfg.object_path(".sock");
-        let listener = bind_replacing_stale(&path, cfg.timeout)?;
-        let file = CreatedPath::adopt(path)?;
+        let (listener, file) = listen_on_file(cfg, ".sock", SockType::Stream, self.name())?;
         Ok(Box::new(UnixServer {
-            listener,
+            listener: UnixListener::from(listener),
             file,
             cfg: cfg.clone(),
         }))
@@ -199,17 +196,27 @@ pub(crate) fn refusal(uid: u32, pid: i32) -> Option<String> {
     ))
 }
 
-/// Bind `path`; if a socket file is already there, find out whether a server
-/// still answers on it. A dead server's file is replaced; a live server is
-/// an error. Anything that is not our socket file is left alone.
-fn bind_replacing_stale(path: &Path, timeout: Duration) -> io::Result<UnixListener> {
-    bind_listening(path, SockType::Stream, "unix", timeout).map(UnixListener::from)
+/// A server's socket of `kind` on its file `<dir>/<name><suffix>`, in the
+/// prepared runtime directory ([`bind_listening`]), and the file as ours to
+/// remove. Shared by every transport that meets its clients at a UNIX
+/// socket file.
+pub(crate) fn listen_on_file(
+    cfg: &Config,
+    suffix: &str,
+    kind: SockType,
+    transport: &str,
+) -> io::Result<(OwnedFd, CreatedPath)> {
+    runtime::prepare_dir(&cfg.dir)?;
+    let path = cfg.object_path(suffix);
+    let fd = bind_listening(&path, kind, transport, cfg.timeout)?;
+    Ok((fd, CreatedPath::adopt(path)?))
 }
 
 /// A listening UNIX socket of `kind` bound to `path` (a datagram socket is
-/// only bound), replacing a stale socket file (see [`bind_replacing_stale`]);
-/// `transport` names the transport in messages. Shared with the
-/// `unix-seqpacket` and `unix-dgram` transports.
+/// only bound). If a socket file is already there, find out whether a
+/// server still answers on it: a dead server's file is replaced; a live
+/// server is an error. Anything that is not our socket file is left alone.
+/// `transport` names the transport in messages.
 pub(crate) fn bind_listening(
     path: &Path,
     kind: SockType,

@@ -101,7 +101,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use super::unix::{bind_listening, reach_error, refusal, socket_file_leftovers};
+use super::unix::{listen_on_file, reach_error, refusal, socket_file_leftovers};
 use super::unix_seqpacket::{PACKET, PacketLink};
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
 use crate::clean::Leftover;
@@ -141,10 +141,7 @@ impl Transport for UnixDgram {
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
-        runtime::prepare_dir(&cfg.dir)?;
-        let path = cfg.object_path(SUFFIX);
-        let sock = bind_listening(&path, SockType::Datagram, self.name(), cfg.timeout)?;
-        let file = CreatedPath::adopt(path)?;
+        let (sock, file) = listen_on_file(cfg, SUFFIX, SockType::Datagram, self.name())?;
         socket::setsockopt(&sock, sockopt::PassCred, &true)?;
         Ok(Box::new(DgramServer {
             sock,

@@ -46,7 +46,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, SockFlag, SockType, sockopt};
 use nix::sys::time::TimeVal;
 
-use super::unix::{bind_listening, connect_socket};
+use super::unix::{connect_socket, listen_on_file};
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
 use crate::clean::Leftover;
 use crate::runtime::{self, CreatedPath};
@@ -82,10 +82,7 @@ impl Transport for UnixSeqpacket {
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
-        runtime::prepare_dir(&cfg.dir)?;
-        let path = cfg.object_path(SUFFIX);
-        let listener = bind_listening(&path, SockType::SeqPacket, self.name(), cfg.timeout)?;
-        let file = CreatedPath::adopt(path)?;
+        let (listener, file) = listen_on_file(cfg, SUFFIX, SockType::SeqPacket, self.name())?;
         Ok(Box::new(SeqServer {
             listener,
             file,
