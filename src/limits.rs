@@ -102,7 +102,7 @@ pub fn read_all() -> Vec<Limit> {
             format!("{} bytes", libc::PIPE_BUF),
             "<limits.h> (fixed on Linux)",
             "fifo",
-            "writes larger than this may interleave with other writers' bytes: ipclab's FIFO packets never exceed it",
+            "writes larger than this may interleave with other writers' bytes: the FIFO transport's 12-byte HELLOs on its shared FIFO stay below it",
         ),
         l(
             "msgmax",
