@@ -442,17 +442,11 @@ impl EfdLink {
             "waiting for the peer to take the last chunk",
         )?;
         let area = ch.data(tx);
-        let mut n = 0;
-        for b in bufs {
-            let take = b.len().min(CAPACITY - n);
+        let n = super::gather(bufs, CAPACITY, |at, p| {
             // SAFETY: within our area, which the reader does not touch
             // until we signal `full`.
-            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), area.add(n), take) };
-            n += take;
-            if n == CAPACITY {
-                break;
-            }
-        }
+            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), area.add(at), p.len()) }
+        });
         ch.len_word(tx).store(n as u32, Ordering::SeqCst);
         ch.busy(tx).store(1, Ordering::SeqCst);
         Self::signal(&ch.tx_full)?;

@@ -399,7 +399,7 @@ impl Listener for FifoServer {
             at += HEADER;
             match self.open_session(pid, conn) {
                 Ok(link) => self.ready.push_back(link),
-                Err(e) => eprintln!("ipclab: fifo: client pid {pid} ({conn}): {e}"),
+                Err(e) => eprintln!("ipclab: fifo: no session for client pid {pid} ({conn}): {e}"),
             }
         }
         self.buf.copy_within(at..self.len, 0);
@@ -412,9 +412,17 @@ impl FifoServer {
     fn open_session(&self, pid: u32, conn: u32) -> io::Result<Box<dyn Link>> {
         let req_path = private_path(&self.cfg, pid, conn, ".req");
         let reply_path = private_path(&self.cfg, pid, conn, ".reply");
-        // ENXIO: the client's reader is gone (it left before we got to it).
-        let tx = open_fifo(&reply_path, OFlag::O_WRONLY)?;
-        let rx = open_fifo(&req_path, OFlag::O_RDONLY)?;
+        let gone = |e: Errno| match e {
+            // No reader on its reply FIFO, or no FIFOs at all: the client
+            // left (or never made them) before we got to it.
+            Errno::ENXIO | Errno::ENOENT => io::Error::new(
+                io::ErrorKind::NotFound,
+                "its FIFOs are gone or closed: it left before its session began",
+            ),
+            e => e.into(),
+        };
+        let tx = open_fifo(&reply_path, OFlag::O_WRONLY).map_err(gone)?;
+        let rx = open_fifo(&req_path, OFlag::O_RDONLY).map_err(gone)?;
         for (fd, path) in [(&tx, &reply_path), (&rx, &req_path)] {
             let opened = File::from(fd.try_clone()?).metadata()?;
             if !opened.file_type().is_fifo() || opened.uid() != getuid().as_raw() {

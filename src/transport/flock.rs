@@ -679,16 +679,10 @@ impl Write for TurnLink {
             self.pass_turn(0, self.write_timeout)?;
         }
         let area = self.shared.area(self.tx());
-        let mut n = 0;
-        for b in bufs {
-            let take = b.len().min(CAPACITY - n);
+        let n = super::gather(bufs, CAPACITY, |at, p| {
             // SAFETY: our own area, during our turn.
-            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), area.add(n), take) };
-            n += take;
-            if n == CAPACITY {
-                break;
-            }
-        }
+            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), area.add(at), p.len()) }
+        });
         if n == 0 {
             return Ok(0);
         }

@@ -112,6 +112,27 @@ impl<T: Write> Write for WatchedReads<T> {
     }
 }
 
+/// Hand the first `limit` bytes of `bufs` to `put`, piece by piece, with
+/// each piece's offset in the gathered whole; returns how many bytes that
+/// was. The one loop every transport with a message or chunk size of its
+/// own uses to pack a header and a payload into one unit.
+pub(crate) fn gather(
+    bufs: &[io::IoSlice<'_>],
+    limit: usize,
+    mut put: impl FnMut(usize, &[u8]),
+) -> usize {
+    let mut n = 0;
+    for b in bufs {
+        if n == limit {
+            break;
+        }
+        let take = b.len().min(limit - n);
+        put(n, &b[..take]);
+        n += take;
+    }
+    n
+}
+
 /// The serving side of a transport. Dropping it removes the kernel objects.
 pub trait Listener: Send {
     /// Where clients find this server, in words: an address, a path, a name.
@@ -299,4 +320,32 @@ pub fn by_name(name: &str) -> io::Result<&'static dyn Transport> {
                 format!("unknown transport '{name}' (known: {})", known.join(", ")),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_stops_at_the_limit_and_tells_each_piece_where_it_goes() {
+        let parts = [
+            io::IoSlice::new(b"head"),
+            io::IoSlice::new(b""),
+            io::IoSlice::new(b"payload"),
+            io::IoSlice::new(b"more"),
+        ];
+        let mut out = [0u8; 8];
+        let mut at = Vec::new();
+        let n = gather(&parts, out.len(), |i, p| {
+            at.push(i);
+            out[i..i + p.len()].copy_from_slice(p);
+        });
+        assert_eq!(n, 8);
+        assert_eq!(&out, b"headpayl");
+        assert_eq!(at, [0, 4, 4]);
+        // Less than the limit: everything, once.
+        let mut all = Vec::new();
+        assert_eq!(gather(&parts, 100, |_, p| all.extend_from_slice(p)), 15);
+        assert_eq!(all, b"headpayloadmore");
+    }
 }

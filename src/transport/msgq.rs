@@ -480,15 +480,10 @@ impl Write for MsgLink {
     /// Gather as much as fits into one message: a small protocol message
     /// (header + payload) is one `msgsnd`.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let mut n = 0;
-        for b in bufs {
-            let take = b.len().min(self.chunk - n);
-            self.sbuf[MTYPE_LEN + n..MTYPE_LEN + n + take].copy_from_slice(&b[..take]);
-            n += take;
-            if n == self.chunk {
-                break;
-            }
-        }
+        let text = &mut self.sbuf[MTYPE_LEN..];
+        let n = super::gather(bufs, self.chunk, |at, p| {
+            text[at..at + p.len()].copy_from_slice(p)
+        });
         if n == 0 {
             return Ok(0);
         }

@@ -586,16 +586,10 @@ impl Write for MqLink {
     /// Gather as much as fits into one message: a small protocol message
     /// (header + payload) is one `mq_timedsend`.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let cap = self.sbuf.len();
-        let mut n = 0;
-        for b in bufs {
-            let take = b.len().min(cap - n);
-            self.sbuf[n..n + take].copy_from_slice(&b[..take]);
-            n += take;
-            if n == cap {
-                break;
-            }
-        }
+        let sbuf = &mut self.sbuf;
+        let n = super::gather(bufs, sbuf.len(), |at, p| {
+            sbuf[at..at + p.len()].copy_from_slice(p)
+        });
         if n == 0 {
             return Ok(0);
         }

@@ -765,17 +765,10 @@ impl Write for ShmLink {
             return Ok(0);
         }
         self.send_chunk(self.write_timeout, |area, cap| {
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(cap - n);
+            super::gather(bufs, cap, |at, p| {
                 // SAFETY: as in write.
-                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), area.add(n), take) };
-                n += take;
-                if n == cap {
-                    break;
-                }
-            }
-            n
+                unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), area.add(at), p.len()) }
+            })
         })
     }
 

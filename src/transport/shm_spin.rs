@@ -699,17 +699,10 @@ impl SpinLink {
                 room = CAPACITY - (head - self.tail_cache) as usize;
             }
         }
-        let mut n = 0;
-        let space = room.min(total);
         let data = region.data(tx);
-        for b in bufs {
-            let take = b.len().min(space - n);
-            copy_in(data, head + n as u64, &b[..take]);
-            n += take;
-            if n == space {
-                break;
-            }
-        }
+        let n = super::gather(bufs, room.min(total), |at, p| {
+            copy_in(data, head + at as u64, p)
+        });
         // A plain release store, then a full fence before looking at the
         // sleeper's word (the store-load order the no-lost-wake-up argument
         // needs). On x86 this lets the stores of the data and of `head`

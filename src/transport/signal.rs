@@ -563,10 +563,7 @@ impl<S: Side> Write for SigLink<S> {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        for b in bufs {
-            let take = b.len().min(MAX_WRITE - scratch.len());
-            scratch.extend_from_slice(&b[..take]);
-        }
+        super::gather(bufs, MAX_WRITE, |_, p| scratch.extend_from_slice(p));
         let r = if scratch.is_empty() {
             Ok(0)
         } else {

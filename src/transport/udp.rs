@@ -445,11 +445,7 @@ impl UdpLink {
         let mut d = self.spare.pop().unwrap_or_default();
         d.clear();
         d.extend_from_slice(&self.header(DATA, flags, seq));
-        for p in parts {
-            let take = p.len().min(HEADER + CHUNK - d.len());
-            d.extend_from_slice(&p[..take]);
-        }
-        let n = d.len() - HEADER;
+        let n = super::gather(parts, CHUNK, |_, p| d.extend_from_slice(p));
         self.send_raw(&d)?;
         self.ack_owed = false;
         self.next_seq += 1;

@@ -253,15 +253,10 @@ impl Write for PacketLink {
         } else if total <= PACKET {
             nix::sys::uio::writev(&self.fd, bufs)
         } else {
-            self.sbuf.clear();
-            for b in bufs {
-                let take = b.len().min(PACKET - self.sbuf.len());
-                self.sbuf.extend_from_slice(&b[..take]);
-                if self.sbuf.len() == PACKET {
-                    break;
-                }
-            }
-            nix::unistd::write(&self.fd, &self.sbuf)
+            let sbuf = &mut self.sbuf;
+            sbuf.clear();
+            super::gather(bufs, PACKET, |_, p| sbuf.extend_from_slice(p));
+            nix::unistd::write(&self.fd, sbuf)
         };
         sent.map_err(|e| match e {
             Errno::EAGAIN => io::Error::new(
