@@ -75,7 +75,8 @@ impl Transport for UnixSeqpacket {
         Capabilities {
             multi_client: true,
             boundaries: Boundaries::Messages,
-            max_message: None,
+            // ipclab's packets; the kernel's own limit is the send buffer.
+            max_message: Some(PACKET),
             crosses_machines: false,
             inherited: false,
         }
