@@ -300,7 +300,7 @@ impl Transport for PosixMq {
         Capabilities {
             multi_client: true,
             boundaries: Boundaries::Messages,
-            max_message: None,
+            max_message: Some(CONN_MSGSIZE as usize),
             crosses_machines: false,
             inherited: false,
         }
