@@ -15,7 +15,7 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::conn::{FramedConn, write_reply};
 use crate::protocol::{Form, Message, Reply, Request, parse_request};
@@ -23,6 +23,8 @@ use crate::transport::{Config, Link, Listener};
 
 /// How often the accept loop looks at the stop flag.
 pub const TICK: Duration = Duration::from_millis(100);
+/// How often it asks the listener to sweep dead clients' leftovers.
+const SWEEP: Duration = Duration::from_secs(1);
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,9 +102,14 @@ pub fn run(
     // The last accept error reported: the same one is not repeated every
     // tick while it lasts.
     let mut failing: Option<i32> = None;
+    let mut swept = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         if listener.exhausted() && active.load(Ordering::SeqCst) == 0 {
             break;
+        }
+        if swept.elapsed() >= SWEEP {
+            listener.sweep();
+            swept = Instant::now();
         }
         let link = match listener.accept(TICK) {
             Ok(Some(link)) => {
@@ -168,6 +175,7 @@ pub fn run(
             eprintln!("ipclab: cannot start a thread for client {id}: {e}");
         }
     }
+    listener.sweep();
     drop(listener);
     Ok(())
 }

@@ -251,3 +251,96 @@ fn an_empty_directory_is_fine() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("nothing left behind"));
     });
 }
+
+/// A client killed after creating its private objects and before the
+/// server opened them leaves their names (a FIFO pair, a queue pair). A
+/// running server removes its own instance's within seconds, without
+/// `clean`; a live client's are left alone.
+#[test]
+fn a_server_sweeps_what_its_dead_clients_left() {
+    watchdog(LIMIT, || {
+        let gone = {
+            let mut c = Command::new("true").spawn().unwrap();
+            c.wait().unwrap();
+            c.id()
+        };
+        let me = std::process::id();
+        for t in ["fifo", "posix-mq"] {
+            let env = Env::new(t);
+            let _server = env.server();
+            let name = |pid: u32, suffix: &str| match t {
+                "fifo" => env.cfg.object_path(&format!(".{pid}-0{suffix}")),
+                _ => {
+                    let meeting = transport::by_name(t).unwrap().external_objects(&env.cfg);
+                    std::path::PathBuf::from(format!("{}.{pid}-0{suffix}", meeting[0].display()))
+                }
+            };
+            let suffixes: &[&str] = match t {
+                "fifo" => &[".req", ".reply"],
+                _ => &[".req", ".rep"],
+            };
+            // Planted queues go even if an assertion fails first.
+            struct Unplant(Vec<String>);
+            impl Drop for Unplant {
+                fn drop(&mut self) {
+                    for q in &self.0 {
+                        let _ = nix::mqueue::mq_unlink(q.as_str());
+                    }
+                }
+            }
+            let mut unplant = Unplant(Vec::new());
+            let mut planted = Vec::new();
+            for pid in [gone, me] {
+                for s in suffixes {
+                    let path = name(pid, s);
+                    match t {
+                        "fifo" => nix::unistd::mkfifo(
+                            &path,
+                            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+                        )
+                        .unwrap(),
+                        _ => {
+                            let q = path.file_name().unwrap().to_str().unwrap();
+                            let attr = nix::mqueue::MqAttr::new(0, 2, 64, 0);
+                            let fd = nix::mqueue::mq_open(
+                                format!("/{q}").as_str(),
+                                nix::mqueue::MQ_OFlag::O_CREAT | nix::mqueue::MQ_OFlag::O_RDWR,
+                                nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+                                Some(&attr),
+                            )
+                            .unwrap();
+                            nix::mqueue::mq_close(fd).unwrap();
+                            unplant.0.push(format!("/{q}"));
+                        }
+                    }
+                    planted.push((pid, path));
+                }
+            }
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            while planted.iter().any(|(p, f)| *p == gone && f.exists())
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            for (pid, path) in &planted {
+                if *pid == gone {
+                    assert!(
+                        !path.exists(),
+                        "{t}: {} of a dead client was left",
+                        path.display()
+                    );
+                } else {
+                    assert!(
+                        path.exists(),
+                        "{t}: {} of a live client was removed",
+                        path.display()
+                    );
+                    // (Queues go with `unplant`.)
+                    if t == "fifo" {
+                        std::fs::remove_file(path).unwrap();
+                    }
+                }
+            }
+        }
+    });
+}

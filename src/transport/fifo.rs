@@ -72,9 +72,10 @@
 //! never see end of file between clients.
 //!
 //! # Leftovers
-//! A client killed between creating its FIFOs and the server's welcome
-//! leaves them; `ipclab clean` recognises them by the dead pid in their
-//! names. A stale well-known FIFO left by a SIGKILLed server is recognised
+//! A client killed between creating its FIFOs and the server's opening
+//! them leaves their names; its server removes them within a second, by
+//! the dead pid in the names ([`Listener::sweep`]), and so does
+//! `ipclab clean`. A stale well-known FIFO left by a SIGKILLed server is recognised
 //! by the next server (opening it for writing fails with `ENXIO`: nobody
 //! reads it) and replaced; a live server's FIFO is reported as in use.
 //!
@@ -368,6 +369,16 @@ struct FifoServer {
 impl Listener for FifoServer {
     fn endpoint(&self) -> String {
         self.file.path().display().to_string()
+    }
+
+    /// A client killed before the server opened its FIFO pair leaves the
+    /// two names; this server's own ones (`<name>.<pid>-<n>.req/.reply`)
+    /// whose client is gone are removed.
+    fn sweep(&mut self) {
+        super::sweep_leftovers(
+            Fifo.leftovers(&self.cfg.dir),
+            &format!("{}.", self.cfg.name),
+        );
     }
 
     fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>> {

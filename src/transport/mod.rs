@@ -152,6 +152,33 @@ pub trait Listener: Send {
     fn exhausted(&self) -> bool {
         false
     }
+
+    /// Remove what clients of this server left behind when they died
+    /// before their session began — the objects a client creates and the
+    /// server would have unlinked once open (a FIFO pair, a queue pair).
+    /// Only this server's own instance, only objects whose creator is gone
+    /// (the test `ipclab clean` applies). The server calls it about once a
+    /// second and when it stops.
+    fn sweep(&mut self) {}
+}
+
+/// [`Listener::sweep`] for a transport whose clients' leftovers `leftovers`
+/// lists: remove the stale ones whose file name starts with `marker` (this
+/// server's instance).
+pub(crate) fn sweep_leftovers(leftovers: Vec<crate::clean::Leftover>, marker: &str) {
+    for mut l in leftovers {
+        let ours = l
+            .path
+            .as_deref()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n.to_string_lossy().starts_with(marker));
+        if ours && l.removable() {
+            match l.remove() {
+                Ok(()) => eprintln!("ipclab: removed {}: {}", l.object, l.why),
+                Err(e) => eprintln!("ipclab: could not remove {}: {e}", l.object),
+            }
+        }
+    }
 }
 
 /// Message boundaries as the mechanism itself keeps them.

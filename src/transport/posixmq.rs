@@ -32,10 +32,13 @@
 //! **Unlink after open.** Once both processes have a queue open, its name
 //! is no longer needed: the client removes both names right after the
 //! WELCOME, and the queues live on, nameless, until the last descriptor is
-//! closed — by exit, by a crash, even by SIGKILL. So a connection can never
-//! leave a queue behind; only the meeting queue has a name for the whole
-//! life of the server (the same idiom as a temporary file unlinked after
-//! `open`).
+//! closed — by exit, by a crash, even by SIGKILL. So an open connection
+//! can never leave a queue behind; only the meeting queue has a name for
+//! the whole life of the server (the same idiom as a temporary file
+//! unlinked after `open`). A client killed in the instant between creating
+//! its pair and the WELCOME does leave the two names: its server removes
+//! them within a second, by the dead pid in their names
+//! ([`Listener::sweep`]), and so does `ipclab clean`.
 //!
 //! A message of zero bytes means end of stream (the client left, or the
 //! session ended). A protocol message larger than `msgsize` — the 1 MiB
@@ -294,7 +297,7 @@ impl Transport for PosixMq {
         "POSIX queue /ipclab-<uid>-<hash>-<name> (ls /dev/mqueue) + two nameless queues per client; pid file <dir>/<name>.posix-mq.pid"
     }
     fn inspect_note(&self) -> &'static str {
-        "Each process holds POSIX message queue descriptors: on Linux they are real file descriptors on the mqueue filesystem. The server holds the meeting queue, whose name is listed in /dev/mqueue for as long as the server runs, and for each client a request queue (read) and a reply queue (write); the client holds the same two queues the other way round. Those two have no names any more (deleted): the client removed the names with mq_unlink(3) as soon as the server had opened them, so the queues live exactly as long as someone holds them and can never be left behind."
+        "Each process holds POSIX message queue descriptors: on Linux they are real file descriptors on the mqueue filesystem. The server holds the meeting queue, whose name is listed in /dev/mqueue for as long as the server runs, and for each client a request queue (read) and a reply queue (write); the client holds the same two queues the other way round. Those two have no names any more (deleted): the client removed the names with mq_unlink(3) as soon as the server had opened them, so the queues live exactly as long as someone holds them."
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -495,6 +498,14 @@ struct MqServer {
 impl Listener for MqServer {
     fn endpoint(&self) -> String {
         format!("POSIX message queue {}", self.name)
+    }
+
+    /// A client killed between creating its queue pair and the WELCOME
+    /// leaves two named queues; this server's own ones (`<meeting name>.`)
+    /// whose client is gone are removed.
+    fn sweep(&mut self) {
+        let marker = format!("{}.", &self.name[1..]);
+        super::sweep_leftovers(PosixMq.leftovers(&self.cfg.dir), &marker);
     }
 
     fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>> {
