@@ -360,13 +360,21 @@ impl Listener for DgramServer {
             Err(Errno::ECONNREFUSED | Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
-        let mut link =
-            PacketLink::new(session, self.cfg.idle_timeout, self.cfg.timeout, Some(pid))?;
-        if let Err(e) = std::io::Write::write(&mut link, WELCOME) {
-            eprintln!("ipclab: a client (pid {pid}) did not take its welcome: {e}");
-            return Ok(None);
+        // Without waiting: a client that sends greetings and reads no
+        // welcomes fills its queue, and must not hold up the accept loop.
+        match socket::send(session.as_raw_fd(), WELCOME, MsgFlags::MSG_DONTWAIT) {
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("ipclab: a client (pid {pid}) did not take its welcome: {e}");
+                return Ok(None);
+            }
         }
-        Ok(Some(Box::new(link)))
+        Ok(Some(Box::new(PacketLink::new(
+            session,
+            self.cfg.idle_timeout,
+            self.cfg.timeout,
+            Some(pid),
+        )?)))
     }
 }
 
@@ -403,6 +411,32 @@ mod tests {
             "{line}"
         );
         assert_eq!(from.unwrap().path(), addr.path());
+    }
+
+    /// A client that greets again and again and reads no welcomes cannot
+    /// hold up the accept loop: once its queue is full, its greetings get
+    /// no session, at once.
+    #[test]
+    fn greetings_whose_welcomes_are_not_read_do_not_stall_accept() {
+        let (_dir, mut listener, addr) = server();
+        let (done, finished) = std::sync::mpsc::channel();
+        // On a thread, so that a stall is a failure here, not a hang.
+        std::thread::spawn(move || {
+            let greedy = new_socket().unwrap();
+            let mut sessions = Vec::new();
+            for _ in 0..30 {
+                socket::sendto(greedy.as_raw_fd(), HELLO, &addr, MsgFlags::empty()).unwrap();
+                if let Some(s) = listener.accept(Duration::from_secs(5)).unwrap() {
+                    sessions.push(s);
+                }
+            }
+            let _ = done.send(sessions.len());
+        });
+        let sessions = finished
+            .recv_timeout(Duration::from_secs(3))
+            .expect("accept stalled on a client that reads no welcomes");
+        // The queue holds /proc/sys/net/unix/max_dgram_qlen (10) welcomes.
+        assert!(sessions < 30, "{sessions} sessions");
     }
 
     /// A greeting from a socket without an address cannot be answered: no
