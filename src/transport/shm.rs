@@ -812,7 +812,8 @@ impl Drop for ShmLink {
 }
 
 /// `posix_fallocate(3)` over the whole region, with the error in words.
-fn reserve(fd: &std::os::fd::OwnedFd, size: usize, name: &str) -> io::Result<()> {
+/// Shared with `shm-spin`.
+pub(crate) fn reserve(fd: &std::os::fd::OwnedFd, size: usize, name: &str) -> io::Result<()> {
     nix::fcntl::posix_fallocate(fd, 0, size as libc::off_t).map_err(|e| {
         let hint = if e == Errno::ENOSPC {
             " (/dev/shm is full: see `df -h /dev/shm` and `ipclab limits`)"

@@ -318,7 +318,7 @@ impl Transport for ShmSpin {
         // Reserve the pages now: on a full tmpfs a sparse file maps fine
         // and the first store into a missing page kills the process with
         // SIGBUS; reserved, a full /dev/shm is an error here instead.
-        reserve(&fd, REGION, &name)?;
+        super::shm::reserve(&fd, REGION, &name)?;
         let map = MmapOptions::new().len(REGION).map_raw(&File::from(fd))?;
         let region = Arc::new(Region { map });
         let h = region.header();
@@ -813,19 +813,4 @@ impl Drop for SpinLink {
             s.store(false, Ordering::SeqCst);
         }
     }
-}
-
-/// `posix_fallocate(3)` over the whole region, with the error in words.
-fn reserve(fd: &std::os::fd::OwnedFd, size: usize, name: &str) -> io::Result<()> {
-    nix::fcntl::posix_fallocate(fd, 0, size as libc::off_t).map_err(|e| {
-        let hint = if e == Errno::ENOSPC {
-            " (/dev/shm is full: see `df -h /dev/shm` and `ipclab limits`)"
-        } else {
-            ""
-        };
-        io::Error::new(
-            io::Error::from(e).kind(),
-            format!("cannot reserve {size} bytes for {name}: {e}{hint}"),
-        )
-    })
 }
