@@ -133,3 +133,60 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// What the kernel says of a live process, for bounds under attack.
+pub mod proc_stat {
+    use nix::unistd::Pid;
+
+    /// Open descriptors of `pid`.
+    pub fn fds(pid: Pid) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
+    pub fn status_kib(pid: Pid, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether `pid` is alive and not a zombie.
+    pub fn alive(pid: Pid) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+            .unwrap_or(false)
+    }
+}
+
+/// A client that gets its byte-exact 64 KiB echo within `limit`. A
+/// one-client server may still be freeing the slot of the previous client;
+/// "busy" is what a user would see then, and retry, so it is retried.
+pub fn next_client_is_served(env: &Env, server: &ServerProcess, limit: Duration) {
+    let data = payload(64 * 1024, 7);
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let attempt = server
+            .connect(env.transport, &server.client_config(&env.cfg))
+            .and_then(|link| {
+                let mut c = Client::from_link(link, env.cfg.max_frame, Form::Binary);
+                c.echo(&data).map(|echo| echo == &data[..])
+            });
+        match attempt {
+            Ok(true) => return,
+            Ok(false) => panic!("{}: the next client's echo differs", env.transport.name()),
+            Err(e) if std::time::Instant::now() < until => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!(
+                "{}: no client served within {limit:?}: {e}",
+                env.transport.name()
+            ),
+        }
+    }
+}
