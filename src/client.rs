@@ -69,9 +69,11 @@ impl Client {
                 ),
             ));
         }
-        self.conn.send_request(self.form, req)?;
         // The reply comes in the request's form (see protocol::scan_with).
         self.conn.expect_lines(self.form == Form::Text);
+        if let Err(e) = self.conn.send_request(self.form, req) {
+            return Err(self.why_the_send_failed(e));
+        }
         let msg = self.recv()?;
         parse_reply(&msg, req).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
@@ -118,6 +120,32 @@ impl Client {
                 format!("unreadable reply: {other:?}"),
             )),
         }
+    }
+
+    /// A send that failed because the server closed its end may have been
+    /// refused with a reason (a request over the server's `--max-frame`):
+    /// the reason, if it is there to read, says more than "broken pipe".
+    fn why_the_send_failed(&mut self, e: io::Error) -> io::Error {
+        let closed = matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        );
+        if closed
+            && let Ok(Some(msg)) = self.conn.recv()
+            && let Ok(Reply::Error(reason)) = parse_reply(&msg, &Request::Ping)
+        {
+            return io::Error::other(format!(
+                "the server refused the request: {}",
+                String::from_utf8_lossy(reason)
+            ));
+        }
+        if closed {
+            return io::Error::new(
+                e.kind(),
+                format!("the server closed the connection while the request was being sent ({e})"),
+            );
+        }
+        e
     }
 
     fn recv(&mut self) -> io::Result<Message<'_>> {

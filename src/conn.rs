@@ -7,9 +7,11 @@
 //! Design choices, all for the round trip's hot path:
 //!
 //! * One receive buffer per connection, reused: after warm-up a round trip
-//!   allocates nothing. It grows on demand to fit one whole frame (at most the
-//!   configured maximum) and is read into as far as there is room, so a small
-//!   message costs one `read(2)`.
+//!   allocates nothing. It grows with the bytes that actually arrived —
+//!   doubling, never past twice what was received, so a peer that announces
+//!   16 MiB and sends one byte costs nothing — up to one whole frame (at most
+//!   the configured maximum), and is read into as far as there is room, so a
+//!   small message costs one `read(2)`.
 //! * Received messages are returned as slices of that buffer: the server
 //!   echoes a payload straight from where it was received.
 //! * A reply or request is one system call: header + payload gathered into
@@ -104,7 +106,12 @@ impl<L: Read + Write> FramedConn<L> {
                     if have > 0 && (self.lines_only || avail[0] != protocol::MAGIC) {
                         self.searched = have;
                     }
-                    self.make_room(need.unwrap_or(have + 1).max(have + 1));
+                    // Room for the whole message — but never more than
+                    // twice what has arrived: a peer that announces 16 MiB
+                    // and sends one byte gets no 16 MiB buffer. The buffer
+                    // grows with the data, in doublings.
+                    let whole = need.unwrap_or(have + 1).max(have + 1);
+                    self.make_room(whole.min(have.saturating_mul(2).max(INITIAL_BUFFER)));
                     let n = loop {
                         match self.link.read(&mut self.buf[self.end..]) {
                             Ok(n) => break n,
@@ -143,6 +150,46 @@ impl<L: Read + Write> FramedConn<L> {
         }
     }
 
+    /// After an oversized binary frame was returned by [`recv`](Self::recv)
+    /// and refused: read and drop the rest of it, reusing the receive
+    /// buffer, so a peer that is still sending it can finish and read the
+    /// error reply. Only for a frame that announced at most `budget` bytes
+    /// (an honest client over the limit; a header announcing 4 GiB is a liar
+    /// and is not waited for), and only for `limit` (checked between reads:
+    /// a read itself waits at most the link's own timeout). A text line has
+    /// no announced end and is not drained. Returns the bytes dropped.
+    pub fn discard_refused(&mut self, budget: u64, limit: std::time::Duration) -> u64 {
+        let deadline = std::time::Instant::now() + limit;
+        let avail = &self.buf[self.start..self.end];
+        if self.lines_only || avail.first() != Some(&protocol::MAGIC) || avail.len() < HEADER_LEN {
+            return 0;
+        }
+        let announced = u32::from_le_bytes(avail[4..8].try_into().unwrap()) as u64;
+        if announced > budget {
+            return 0;
+        }
+        // Everything buffered was consumed with the refused frame.
+        let mut left = (HEADER_LEN as u64 + announced).saturating_sub(avail.len() as u64);
+        let mut dropped = 0u64;
+        self.start = 0;
+        self.end = 0;
+        self.consume = 0;
+        self.searched = 0;
+        while left > 0 && std::time::Instant::now() < deadline {
+            let room = left.min(self.buf.len() as u64) as usize;
+            match self.link.read(&mut self.buf[..room]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    left -= n as u64;
+                    dropped += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        dropped
+    }
+
     /// Make room for `want` unconsumed bytes in total.
     fn make_room(&mut self, want: usize) {
         if self.start + want <= self.buf.len() {
@@ -154,11 +201,9 @@ impl<L: Read + Write> FramedConn<L> {
             self.start = 0;
         }
         if want > self.buf.len() {
-            let cap = (HEADER_LEN + self.max).max(self.max + 2);
-            // `want` never exceeds `cap`: a frame is at most header + max,
-            // a line at most max + "\r\n" before `scan` calls it oversized.
-            let grown = want.max(self.buf.len().saturating_mul(2)).min(cap);
-            self.buf.resize(grown.max(want), 0);
+            // `want` is at most a whole frame (header + max) or line (max +
+            // "\r\n"), and at most twice what has arrived (see `recv`).
+            self.buf.resize(want, 0);
         }
     }
 
@@ -413,6 +458,59 @@ mod tests {
         let m = c.recv().unwrap().unwrap();
         assert!(matches!(m, Message::Oversized { announced, .. } if announced == u32::MAX as u64));
         assert!(c.buf.len() <= INITIAL_BUFFER);
+    }
+
+    #[test]
+    fn the_buffer_grows_with_what_arrived_not_with_what_was_announced() {
+        // 16 MiB announced (within the limit), 100 KiB sent, then the end.
+        let mut input = protocol::header(kind::ECHO, 16 << 20).to_vec();
+        input.extend_from_slice(&[7; 100 * 1024]);
+        let mut c = conn(input, 4096, 16 << 20);
+        let err = c.recv().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            c.buf.len() <= 2 * (100 * 1024 + HEADER_LEN),
+            "{} bytes allocated for 100 KiB received",
+            c.buf.len()
+        );
+        // A whole large frame still arrives, in doublings.
+        let big = vec![9u8; 3 << 20];
+        let mut input = Vec::new();
+        write_request(&mut input, Form::Binary, &Request::Echo(&big)).unwrap();
+        let mut c = conn(input, 1 << 20, 16 << 20);
+        let m = c.recv().unwrap().unwrap();
+        assert!(matches!(protocol::parse_request(&m), Ok(Request::Echo(p)) if p == &big[..]));
+    }
+
+    #[test]
+    fn a_refused_frame_is_drained_up_to_its_announced_end() {
+        // 300 bytes announced over a 100-byte limit, then a ping that is
+        // not part of it.
+        let mut input = protocol::header(kind::ECHO, 300).to_vec();
+        input.extend_from_slice(&[1; 300]);
+        write_request(&mut input, Form::Binary, &Request::Ping).unwrap();
+        for step in [1, 7, 64, 4096] {
+            let mut c = conn(input.clone(), step, 100);
+            assert!(matches!(
+                c.recv().unwrap().unwrap(),
+                Message::Oversized { .. }
+            ));
+            let gone = c.discard_refused(1000, std::time::Duration::from_secs(5));
+            let rest: Vec<u8> = c.link.input.iter().copied().collect();
+            assert_eq!(
+                rest.len(),
+                HEADER_LEN,
+                "step {step}: {gone} dropped, {} left",
+                rest.len()
+            );
+        }
+        // Over the budget (a liar's 4 GiB): nothing is waited for.
+        let mut c = conn(input, 8, 100);
+        assert!(matches!(
+            c.recv().unwrap().unwrap(),
+            Message::Oversized { .. }
+        ));
+        assert_eq!(c.discard_refused(200, std::time::Duration::from_secs(5)), 0);
     }
 
     #[test]

@@ -282,10 +282,13 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // Output piped into `head` is not an error.
+            // Output piped into `head` is not an error; but only a closed
+            // *stdout* is: a peer that went away (EPIPE on a socket, a pipe,
+            // a FIFO) means the work was not done.
             if e.chain().any(|c| {
                 c.downcast_ref::<io::Error>()
-                    .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+                    .and_then(|io| io.get_ref())
+                    .is_some_and(|inner| inner.is::<StdoutClosed>())
             }) {
                 return ExitCode::SUCCESS;
             }
@@ -295,8 +298,52 @@ fn main() -> ExitCode {
     }
 }
 
+/// Marks the error of a write to a stdout whose reader has gone (`ipclab
+/// list | head`): the one broken pipe that is not a failure.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Standard output, whose broken pipe is told apart from a peer's.
+struct Stdout(io::StdoutLock<'static>);
+
+fn stdout() -> Stdout {
+    Stdout(io::stdout().lock())
+}
+
+impl Stdout {
+    fn mark<T>(r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
+            } else {
+                e
+            }
+        })
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Self::mark(self.0.write(buf))
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        Self::mark(self.0.write_all(buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Self::mark(self.0.flush())
+    }
+}
+
 fn list() -> Result<ExitCode> {
-    let mut out = io::stdout().lock();
+    let mut out = stdout();
     writeln!(
         out,
         "{:<15} {:<8} {:<10} {:<12} DESCRIPTION",
@@ -396,7 +443,7 @@ fn client(a: ClientArgs) -> Result<ExitCode> {
     }
     let mut c = Client::connect(t, &cfg, form)
         .with_context(|| format!("cannot reach the {} server", t.name()))?;
-    let mut out = io::stdout().lock();
+    let mut out = stdout();
     if let Some(size) = a.fill {
         return fill(&mut c, &mut out, size, a.count);
     }
@@ -486,7 +533,9 @@ fn fill(c: &mut Client, out: &mut impl Write, size: usize, count: u64) -> Result
             *b = (j as u64).wrapping_mul(31).wrapping_add(i) as u8;
         }
         let start = Instant::now();
-        let echo = c.echo(&payload)?;
+        let echo = c
+            .echo(&payload)
+            .with_context(|| format!("round trip {} of {count} did not complete", i + 1))?;
         rtts.push(start.elapsed());
         if echo != payload.as_slice() {
             bail!(
@@ -531,7 +580,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     } else {
         vec![transport::by_name(&a.target)?]
     };
-    let mut out = io::stdout().lock();
+    let mut out = stdout();
     let outcomes: Vec<demo::Outcome> = targets
         .iter()
         .map(|t| demo::run(&exe, *t, &cfg, a.inspect, &mut out))
@@ -716,7 +765,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     .map(|(_, text)| text)
     .collect();
     let mut out: Box<dyn Write> = if to_stdout.is_empty() {
-        Box::new(io::stdout().lock())
+        Box::new(stdout())
     } else {
         Box::new(io::stderr().lock())
     };
@@ -739,7 +788,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     }
     drop(out);
     for text in to_stdout {
-        io::stdout().lock().write_all(text.as_bytes())?;
+        stdout().write_all(text.as_bytes())?;
     }
     for w in report.warnings() {
         eprintln!("warning: {w}");
@@ -783,7 +832,7 @@ fn load_report(path: &std::path::Path) -> Result<ipclab::bench::Report> {
 
 fn report(a: ReportArgs) -> Result<ExitCode> {
     let run = load_report(&a.run)?;
-    let mut out = io::stdout().lock();
+    let mut out = stdout();
     match &a.against {
         None => {
             writeln!(
@@ -875,7 +924,7 @@ fn report(a: ReportArgs) -> Result<ExitCode> {
 
 fn limits(json: bool) -> Result<ExitCode> {
     let all = ipclab::limits::read_all();
-    let mut out = io::stdout().lock();
+    let mut out = stdout();
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
         return Ok(ExitCode::SUCCESS);
@@ -890,7 +939,7 @@ fn limits(json: bool) -> Result<ExitCode> {
 
 fn inspect(a: InspectArgs) -> Result<ExitCode> {
     let procs = ipclab::inspect::inspect(&a.pids)?;
-    let mut out = io::stdout().lock();
+    let mut out = stdout();
     if a.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&procs)?)?;
         return Ok(ExitCode::SUCCESS);
@@ -908,7 +957,7 @@ fn clean(a: CleanArgs) -> Result<ExitCode> {
     use ipclab::clean::{self, Verdict};
     let dir = a.dir.unwrap_or_else(runtime::default_dir);
     let mut found = clean::survey(&dir);
-    let mut out = io::stdout().lock();
+    let mut out = stdout();
     let stale = found.iter().filter(|l| l.removable()).count();
     let remove = if a.force {
         true

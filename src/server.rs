@@ -40,7 +40,17 @@ pub enum SessionEnd {
 
 /// Serve one client: answer requests until `quit`, end of stream, or an
 /// error. Returns how it ended and how many requests were answered.
-pub fn serve_session<L: Read + Write>(link: L, max_frame: usize) -> (u64, io::Result<SessionEnd>) {
+///
+/// After refusing an oversized message the rest of it is read and dropped
+/// for at most `drain` (see [`FramedConn::discard_refused`]), so a client
+/// still sending it can finish and read the error reply on every
+/// transport — not only on those where the kernel keeps a closed peer's
+/// last bytes readable.
+pub fn serve_session<L: Read + Write>(
+    link: L,
+    max_frame: usize,
+    drain: Duration,
+) -> (u64, io::Result<SessionEnd>) {
     let mut conn = FramedConn::new(link, max_frame);
     let mut served = 0u64;
     let end = loop {
@@ -51,15 +61,25 @@ pub fn serve_session<L: Read + Write>(link: L, max_frame: usize) -> (u64, io::Re
         };
         let form = msg.form();
         let fatal = match msg {
-            Message::Oversized { announced, .. } => Some(format!(
-                "message of {announced} bytes exceeds the limit of {max_frame} bytes; closing the session"
+            Message::Oversized { announced, .. } => Some((
+                format!(
+                    "message of {announced} bytes exceeds the limit of {max_frame} bytes; closing the session"
+                ),
+                true,
             )),
-            Message::Malformed(why) => Some(format!("{why}; closing the session")),
+            Message::Malformed(why) => Some((format!("{why}; closing the session"), false)),
             _ => None,
         };
-        if let Some(reason) = fatal {
-            // The peer may still be sending; a failed error reply changes nothing.
-            let _ = write_reply(link, form, &Reply::Error(reason.as_bytes()));
+        if let Some((reason, oversized)) = fatal {
+            // Let the peer finish sending first: on a mechanism with a small
+            // shared buffer (a message queue, a locked file) the reply could
+            // not get through while the request fills it.
+            if oversized {
+                let budget = (max_frame as u64).saturating_mul(4).max(64 << 20);
+                conn.discard_refused(budget, drain);
+            }
+            // A failed error reply changes nothing: the session ends anyway.
+            let _ = conn.send_reply(form, &Reply::Error(reason.as_bytes()));
             break Ok(SessionEnd::Refused(reason));
         }
         let result = match parse_request(&msg) {
@@ -143,6 +163,7 @@ pub fn run(
         active.fetch_add(1, Ordering::SeqCst);
         let guard = ActiveGuard(Arc::clone(&active));
         let max_frame = cfg.max_frame;
+        let drain = cfg.timeout;
         let spawned = std::thread::Builder::new()
             .name(format!("session-{id}"))
             .stack_size(256 * 1024)
@@ -151,7 +172,7 @@ pub fn run(
                 if log {
                     eprintln!("ipclab: client {id} connected");
                 }
-                let (served, end) = serve_session(&mut link, max_frame);
+                let (served, end) = serve_session(&mut link, max_frame, drain);
                 // No longer serving: free the place first, then let the link
                 // clean up (which may wait for the client to leave).
                 drop(guard);
@@ -268,7 +289,7 @@ mod tests {
 
     fn run_script(input: Vec<u8>, max: usize) -> (Vec<u8>, u64, SessionEnd) {
         let mut s = Script(io::Cursor::new(input), Vec::new());
-        let (n, end) = serve_session(&mut s, max);
+        let (n, end) = serve_session(&mut s, max, Duration::from_secs(1));
         (s.1, n, end.unwrap())
     }
 

@@ -97,7 +97,7 @@ fn check(input: &[u8]) {
     };
     LARGEST.with(|m| m.set(0));
     ARMED.with(|a| a.set(true));
-    let (_, end) = serve_session(&mut link, MAX);
+    let (_, end) = serve_session(&mut link, MAX, std::time::Duration::from_millis(100));
     ARMED.with(|a| a.set(false));
     // The only error: the stream ended in the middle of a message.
     if let Err(e) = &end {

@@ -139,7 +139,8 @@ pub fn announced_lengths_are_not_allocated(env: Env) {
 
 /// A request over the server's `--max-frame` gets the server's error reply,
 /// naming the limit, and the client exits non-zero with it.
-pub fn oversized_request_gets_the_error(env: Env) {
+pub fn oversized_request_gets_the_error(mut env: Env) {
+    env.cfg.max_frame = 1 << 20;
     let server = env.server();
     let mut cfg = server.client_config(&env.cfg);
     cfg.max_frame = 4 << 20;
