@@ -153,9 +153,10 @@ impl<L: Read + Write> FramedConn<L> {
     /// After an oversized binary frame was returned by [`recv`](Self::recv)
     /// and refused: read and drop the rest of it, reusing the receive
     /// buffer, so a peer that is still sending it can finish and read the
-    /// error reply. Only for a frame that announced at most `budget` bytes
-    /// (an honest client over the limit; a header announcing 4 GiB is a liar
-    /// and is not waited for), and only for `limit` (checked between reads:
+    /// error reply. Only for a frame whose payload has begun to arrive and
+    /// that announced at most `budget` bytes (an honest client over the
+    /// limit; a header announcing 4 GiB is a liar and is not waited for), and
+    /// only for `limit` (checked between reads:
     /// a read itself waits at most the link's own timeout). A text line has
     /// no announced end and is not drained. Returns the bytes dropped.
     pub fn discard_refused(&mut self, budget: u64, limit: std::time::Duration) -> u64 {
@@ -165,7 +166,9 @@ impl<L: Read + Write> FramedConn<L> {
             return 0;
         }
         let announced = u32::from_le_bytes(avail[4..8].try_into().unwrap()) as u64;
-        if announced > budget {
+        // A header that came alone is not followed by its payload as far as
+        // we know (a liar, or a client waiting for the answer): answer now.
+        if announced > budget || avail.len() == HEADER_LEN {
             return 0;
         }
         // Everything buffered was consumed with the refused frame.
@@ -489,7 +492,7 @@ mod tests {
         let mut input = protocol::header(kind::ECHO, 300).to_vec();
         input.extend_from_slice(&[1; 300]);
         write_request(&mut input, Form::Binary, &Request::Ping).unwrap();
-        for step in [1, 7, 64, 4096] {
+        for step in [9, 64, 4096] {
             let mut c = conn(input.clone(), step, 100);
             assert!(matches!(
                 c.recv().unwrap().unwrap(),
@@ -504,8 +507,18 @@ mod tests {
                 rest.len()
             );
         }
+        // A header that came alone: answered at once, nothing waited for.
+        let mut c = conn(input.clone(), 8, 100);
+        assert!(matches!(
+            c.recv().unwrap().unwrap(),
+            Message::Oversized { .. }
+        ));
+        assert_eq!(
+            c.discard_refused(1000, std::time::Duration::from_secs(5)),
+            0
+        );
         // Over the budget (a liar's 4 GiB): nothing is waited for.
-        let mut c = conn(input, 8, 100);
+        let mut c = conn(input, 64, 100);
         assert!(matches!(
             c.recv().unwrap().unwrap(),
             Message::Oversized { .. }
