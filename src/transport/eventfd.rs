@@ -619,7 +619,9 @@ impl EfdLink {
     /// pass its maximum, which our one slot never brings it near — but
     /// the peer holds the same counter and can fill it: so the write is
     /// bounded like a wait (two plain stores, no system call, when it
-    /// does not block).
+    /// does not block). Measured, 64 B round trip, p50 over 10 runs of
+    /// `ipclab bench eventfd --sizes 64 --time 1` alternated with the
+    /// unbounded write: 6.59 µs against 6.67 µs (both 6.2–8.7 µs: noise).
     fn signal(sock: &OwnedFd, efd: &OwnedFd, timeout: Duration) -> io::Result<()> {
         let sock = sock.as_fd();
         let one = 1u64.to_ne_bytes();
