@@ -534,13 +534,16 @@ impl EfdLink {
                     socket::recv(sock.as_raw_fd(), &mut said, MsgFlags::MSG_DONTWAIT).unwrap_or(0);
                 let said = String::from_utf8_lossy(&said[..n]);
                 let said = said.trim();
-                Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    match said.strip_prefix("ERR ") {
-                        Some(why) => format!("the peer ended the session: {why}"),
-                        None => "the peer is gone (its end of the socket hung up)".into(),
-                    },
-                ))
+                Err(match said.strip_prefix("ERR ") {
+                    Some(why) => io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        format!("the peer ended the session: {why}"),
+                    ),
+                    None => io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the peer is gone (its end of the socket hung up)",
+                    ),
+                })
             }
             _ => Ok(()),
         }
