@@ -32,12 +32,44 @@
 //! over a UNIX socket as *ancillary data* (`SCM_RIGHTS`, see `unix(7)`),
 //! where the kernel installs copies of the sender's descriptors into the
 //! receiver. ipclab uses the socket: the client connects to
-//! `<dir>/<name>.eventfd`, sends one byte with its five descriptors
-//! attached, and keeps the connection open for the whole session. That way
+//! `<dir>/<name>.eventfd`, creates its region, sizes and seals it (below),
+//! sends one byte with its five descriptors attached, and keeps the connection open for the whole session. That way
 //! any process can be a client (inheritance would allow only the server's
 //! parent, like the `pipe` transport), and the connection doubles as a
 //! life line: when a peer dies, the kernel closes its end, and the other
 //! side's `poll` sees the hang-up.
+//!
+//! # What the server checks
+//! The descriptors come from a process the server does not trust, and a
+//! descriptor can be anything: a pipe, a file on disk, a region its sender
+//! can still resize. So before it maps anything, the server proves each
+//! one is what it should be, and turns the client away (an `ERR …` line on
+//! the socket, an error in its log, every descriptor it received closed)
+//! if one is not:
+//!
+//! * exactly five descriptors came with the byte. `recvmsg(2)` installs
+//!   the descriptors that fit the control buffer and discards the rest,
+//!   saying so with `MSG_CTRUNC`; those that arrived are closed like any
+//!   others.
+//! * the region is a memfd *sealed* against resizing (`F_SEAL_SHRINK`,
+//!   `F_SEAL_GROW`, and `F_SEAL_SEAL` so no seal can be added later; see
+//!   `memfd_create(2)` and `F_GET_SEALS` in `fcntl(2)`) and exactly
+//!   [`REGION`] bytes long. A mapping outlives a `ftruncate(2)` of its
+//!   file, but touching a page past the new end kills the process with
+//!   `SIGBUS`: an unsealed region would let one client kill the server and
+//!   every other client's session with it. Once sealed, nobody — not even
+//!   the client that made it — can change its size. Only memfds (and
+//!   hugetlbfs files) accept seals, so the check also refuses a file on
+//!   disk or in `/dev/shm`.
+//! * the four others are eventfds in blocking mode: `/proc/self/fd/<n>`
+//!   of an eventfd reads `anon_inode:[eventfd]`, which no file with a
+//!   path can imitate (see `proc(5)`).
+//!
+//! After the handshake the shared page is still the client's to scribble
+//! on: a chunk length over [`CAPACITY`] ends the session with an error
+//! (it is never clamped or used), and every wait — for a chunk, for the
+//! slot, for room in a counter the peer filled to its maximum — is bounded
+//! by the timeouts and ends when the peer hangs up.
 //!
 //! # eventfd against semaphores
 //! A process-shared POSIX semaphore (`shm`) is a word in shared memory: a
@@ -58,36 +90,52 @@
 //!   `ulimit -n`, see `ipclab limits`).
 //!
 //! # System calls
-//! `memfd_create(2)`, `ftruncate(2)`, `mmap(2)`, `eventfd(2)`,
-//! `sendmsg(2)`/`recvmsg(2)` with `SCM_RIGHTS`, `read(2)`/`write(2)` on the
-//! eventfds, `poll(2)` on the socket (readable means the peer hung up), plus the socket calls of
-//! the `unix` transport.
+//! `memfd_create(2)` (`MFD_ALLOW_SEALING`), `ftruncate(2)`, `fcntl(2)`
+//! (`F_ADD_SEALS`, `F_GET_SEALS`, `F_GETFL`), `fstat(2)`, `readlink(2)` on
+//! `/proc/self/fd/<n>`, `mmap(2)`, `eventfd(2)`, `sendmsg(2)`/`recvmsg(2)`
+//! with `SCM_RIGHTS` (see `unix(7)`, `cmsg(3)`), `read(2)`/`write(2)` on the
+//! eventfds, `poll(2)` on the socket (readable means the peer hung up),
+//! plus the socket calls of the `unix` transport.
 
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::socket::{self, ControlMessage, MsgFlags, SockFlag, SockType};
 
 use super::unix::{connect_socket, listen_on_file};
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
 use crate::clean::Leftover;
-use crate::interrupt;
+use crate::interrupt::{self, Deadline};
 use crate::runtime::{self, CreatedPath};
 
 /// Bytes per chunk in each direction.
 pub const CAPACITY: usize = 64 * 1024;
-const DATA_OFFSET: usize = 4096;
-const REGION: usize = DATA_OFFSET + 2 * CAPACITY;
-const SUFFIX: &str = ".eventfd";
+/// Where the data areas begin in the region; before it, the header page:
+/// for each direction (0 client to server, 1 server to client) a line of
+/// 64 bytes at `dir * 64` holding three `u32` words: the chunk's length,
+/// "the slot holds an unread chunk", "the sender waits for the slot".
+pub const DATA_OFFSET: usize = 4096;
+/// The region's size: the header page and one data area per direction
+/// (direction `dir` at `DATA_OFFSET + dir * CAPACITY`).
+pub const REGION: usize = DATA_OFFSET + 2 * CAPACITY;
+/// The socket file is `<dir>/<name>` plus this.
+pub const SUFFIX: &str = ".eventfd";
 /// Descriptors a client hands over: the region, then c2s full, c2s empty,
 /// s2c full, s2c empty.
-const FDS: usize = 5;
+pub const FDS: usize = 5;
+/// The seals the region must carry: its size can never change again.
+const SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
 
 /// The eventfd transport.
 pub struct Eventfd;
@@ -100,7 +148,7 @@ impl Transport for Eventfd {
         "a memfd for the data, eventfd counters for the wake-ups, passed over a UNIX socket"
     }
     fn kernel_objects(&self) -> &'static str {
-        "socket file <dir>/<name>.eventfd; per client a memfd region and 4 eventfds (anon_inode:[eventfd])"
+        "socket file <dir>/<name>.eventfd; per client a sealed memfd region and 4 eventfds (anon_inode:[eventfd])"
     }
     fn inspect_note(&self) -> &'static str {
         "Each process holds four anon_inode:[eventfd] descriptors (their fdinfo shows eventfd-count, the counter right now) and maps the same memfd region, which /proc/<pid>/maps lists as /memfd:ipclab-eventfd (deleted): a file with no name anywhere. The server never opened any of them: the client created them and sent them over the UNIX socket, and the kernel installed copies in the server (SCM_RIGHTS). The socket pair stays connected only so that each side notices when the other dies."
@@ -131,17 +179,19 @@ impl Transport for Eventfd {
             self.name(),
             cfg.timeout,
         )?;
-        let memfd = nix::sys::memfd::memfd_create(
+        let memfd = memfd_create(
             "ipclab-eventfd",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
         )?;
         nix::unistd::ftruncate(&memfd, REGION as libc::off_t)?;
+        // From here on its size is fixed, for us as for the server.
+        fcntl(&memfd, FcntlArg::F_ADD_SEALS(SEALS))?;
         // c2s full, c2s empty, s2c full, s2c empty.
         let efds = [
-            new_eventfd(0)?,
-            new_eventfd(0)?,
-            new_eventfd(0)?,
-            new_eventfd(0)?,
+            new_eventfd()?,
+            new_eventfd()?,
+            new_eventfd()?,
+            new_eventfd()?,
         ];
         let raw: Vec<RawFd> = std::iter::once(memfd.as_raw_fd())
             .chain(efds.iter().map(|e| e.as_raw_fd()))
@@ -174,14 +224,8 @@ impl Transport for Eventfd {
     }
 }
 
-fn new_eventfd(initial: u32) -> io::Result<OwnedFd> {
-    // SAFETY: plain system call; the descriptor is owned at once.
-    let fd = unsafe { libc::eventfd(initial, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn new_eventfd() -> io::Result<OwnedFd> {
+    Ok(EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?.into())
 }
 
 struct EfdServer {
@@ -220,7 +264,19 @@ impl Listener for EfdServer {
     }
 }
 
-/// Receive a client's five descriptors (within `timeout`) and map its region.
+/// The error for a peer that broke the protocol: what it did, and that
+/// the session ends.
+fn violation(what: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("not an ipclab eventfd peer: {what}; the session ends"),
+    )
+}
+
+/// Receive a client's five descriptors (within `timeout`), check each is
+/// what it should be (see "What the server checks" above) and map its
+/// region. On every error path every received descriptor is closed: each
+/// is an [`OwnedFd`] from the moment it is known.
 fn receive_channel(sock: &OwnedFd, timeout: Duration) -> io::Result<Channel> {
     if !runtime::wait_readable(sock, timeout)? {
         return Err(io::Error::new(
@@ -228,35 +284,141 @@ fn receive_channel(sock: &OwnedFd, timeout: Duration) -> io::Result<Channel> {
             "the client sent no descriptors",
         ));
     }
+    let (bytes, fds, truncated) = receive_fds(sock)?;
+    if bytes == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the client hung up before sending its descriptors",
+        ));
+    }
+    if truncated || fds.len() != FDS {
+        return Err(violation(format!(
+            "it sent {}{} descriptors where a client sends {FDS} (a memfd and four eventfds)",
+            if truncated { "more than " } else { "" },
+            fds.len()
+        )));
+    }
+    let [memfd, c2s_full, c2s_empty, s2c_full, s2c_empty] =
+        <[OwnedFd; FDS]>::try_from(fds).map_err(|_| violation("lost count".into()))?;
+    check_region(&memfd)?;
+    for (efd, role) in [
+        (&c2s_full, "second (c2s full)"),
+        (&c2s_empty, "third (c2s empty)"),
+        (&s2c_full, "fourth (s2c full)"),
+        (&s2c_empty, "fifth (s2c empty)"),
+    ] {
+        check_eventfd(efd, role)?;
+    }
+    Channel::new(&memfd, c2s_full, c2s_empty, s2c_full, s2c_empty)
+}
+
+/// One `recvmsg(2)` of the handshake byte and every descriptor attached to
+/// it: (bytes received, the descriptors, whether the kernel cut the
+/// descriptors short with `MSG_CTRUNC`). The control buffer holds [`FDS`]
+/// descriptors (rounded up, six); a sender of more gets the rest discarded
+/// by the kernel, and those that did arrive are returned to be closed.
+///
+/// Raw `libc` rather than nix's `recvmsg`: nix refuses to walk a truncated
+/// control buffer (`cmsgs()` fails with `ENOBUFS`), which would leave the
+/// descriptors the kernel did install open with no owner — six leaked per
+/// such connection, for good.
+fn receive_fds(sock: &OwnedFd) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
+    const FD: usize = std::mem::size_of::<RawFd>();
     let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; FDS]);
-    let msg = socket::recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            // SAFETY: the kernel installed these descriptors for us.
-            fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // u64s: the control buffer must be aligned for `cmsghdr`.
+    let mut space = [0u64; 8];
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let room = unsafe { libc::CMSG_SPACE((FDS * FD) as u32) } as usize;
+    assert!(room <= std::mem::size_of_val(&space));
+    // SAFETY: a zeroed msghdr is valid (no name, no control).
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = space.as_mut_ptr().cast();
+    hdr.msg_controllen = room as _;
+    let bytes = loop {
+        // SAFETY: hdr points at live buffers of the lengths it states.
+        match Errno::result(unsafe {
+            libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC)
+        }) {
+            Err(Errno::EINTR) => continue,
+            r => break r? as usize,
+        }
+    };
+    let mut fds = Vec::new();
+    let end = space.as_ptr() as usize + (hdr.msg_controllen as usize).min(room);
+    // SAFETY: the kernel filled `hdr` and the control buffer; CMSG_FIRSTHDR
+    // and CMSG_NXTHDR stay within msg_controllen, and each descriptor's
+    // bytes are read only below `end`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c);
+                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = len.min(end.saturating_sub(data as usize)) / FD;
+                for i in 0..count {
+                    let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&hdr, c);
         }
     }
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "not an eventfd client of ours");
-    if fds.len() != FDS {
-        return Err(bad());
+    Ok((bytes, fds, hdr.msg_flags & libc::MSG_CTRUNC != 0))
+}
+
+/// The region must be a memfd sealed against any change of size, not
+/// against writing, of exactly [`REGION`] bytes.
+fn check_region(fd: &OwnedFd) -> io::Result<()> {
+    let seals = fcntl(fd, FcntlArg::F_GET_SEALS).map_err(|e| {
+        violation(format!(
+            "its first descriptor is not a memfd (F_GET_SEALS: {e}); it must be the region, made by memfd_create(2)"
+        ))
+    })?;
+    let seals = SealFlag::from_bits_truncate(seals);
+    if !seals.contains(SEALS) {
+        return Err(violation(format!(
+            "its region memfd is not sealed against resizing (it has {seals:?}; a client seals it \
+             with F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL, or it could shrink it under the server)"
+        )));
     }
-    let mut it = fds.into_iter();
-    let memfd = it.next().ok_or_else(bad)?;
-    // The region must be what a client of ours made.
-    if std::fs::File::from(memfd.try_clone()?).metadata()?.len() != REGION as u64 {
-        return Err(bad());
+    if seals.intersects(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_FUTURE_WRITE) {
+        return Err(violation(format!(
+            "its region is sealed against writing ({seals:?}): the server could not reply in it"
+        )));
     }
-    let mut next = || it.next().ok_or_else(bad);
-    let (c2s_full, c2s_empty, s2c_full, s2c_empty) = (next()?, next()?, next()?, next()?);
-    Channel::new(&memfd, c2s_full, c2s_empty, s2c_full, s2c_empty)
+    let size = nix::sys::stat::fstat(fd)?.st_size;
+    if size != REGION as libc::off_t {
+        return Err(violation(format!(
+            "its region is {size} bytes long, not {REGION}"
+        )));
+    }
+    Ok(())
+}
+
+/// An eventfd, in blocking mode (a non-blocking one would turn every wait
+/// into an error).
+fn check_eventfd(fd: &OwnedFd, role: &str) -> io::Result<()> {
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let target = nix::fcntl::readlink(link.as_str())
+        .map_err(|e| io::Error::other(format!("cannot check {link}: {e}")))?;
+    if target != "anon_inode:[eventfd]" {
+        return Err(violation(format!(
+            "its {role} descriptor is {target:?}, not an eventfd (anon_inode:[eventfd])"
+        )));
+    }
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    if flags.contains(OFlag::O_NONBLOCK) {
+        return Err(violation(format!(
+            "its {role} eventfd is non-blocking (EFD_NONBLOCK)"
+        )));
+    }
+    Ok(())
 }
 
 /// The shared region and the four counters, as one side sees them.
@@ -316,6 +478,19 @@ impl Channel {
     }
 }
 
+/// Say `e` to the peer on the socket, best effort and without waiting (it
+/// is the one thing it may read there: an `ERR …` line, as `--same-user`
+/// sends), and hand `e` back.
+fn tell(sock: &OwnedFd, e: io::Error) -> io::Error {
+    let line = format!("ERR {e}\n");
+    let _ = socket::send(
+        sock.as_raw_fd(),
+        line.as_bytes(),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
+    e
+}
+
 /// One side: reads chunks of direction `rx`, writes chunks of `1 - rx`.
 struct EfdLink {
     /// The session's socket: it carried the descriptors, and is then only
@@ -333,12 +508,45 @@ struct EfdLink {
 }
 
 impl EfdLink {
-    /// The channel, received first if it has not been yet.
+    /// The channel, received first if it has not been yet. A client
+    /// turned away is told why on the socket.
     fn channel(&mut self) -> io::Result<&Channel> {
         if self.ch.is_none() {
-            self.ch = Some(receive_channel(&self.sock, self.read_timeout)?);
+            match receive_channel(&self.sock, self.read_timeout) {
+                Ok(ch) => self.ch = Some(ch),
+                Err(e) => return Err(tell(&self.sock, e)),
+            }
         }
         Ok(self.ch.as_ref().expect("just set"))
+    }
+
+    /// Whether the peer is still there: nothing more is ever sent on the
+    /// socket after the handshake, so readable means it hung up (or broke
+    /// the protocol, which ends the session the same way). Whatever it
+    /// said last — an `ERR …` line from a server that turned us away — is
+    /// part of the error.
+    fn peer_alive(sock: BorrowedFd<'_>) -> io::Result<()> {
+        let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(n) if n > 0 => {
+                let mut said = [0u8; 512];
+                let n =
+                    socket::recv(sock.as_raw_fd(), &mut said, MsgFlags::MSG_DONTWAIT).unwrap_or(0);
+                let said = String::from_utf8_lossy(&said[..n]);
+                let said = said.trim();
+                Err(match said.strip_prefix("ERR ") {
+                    Some(why) => io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        format!("the peer ended the session: {why}"),
+                    ),
+                    None => io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the peer is gone (its end of the socket hung up)",
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Wait for `efd` to count, bounded; between quarter seconds, check
@@ -349,17 +557,7 @@ impl EfdLink {
         interrupt::bounded(
             Instant::now() + timeout,
             waiting,
-            || {
-                // Nothing more is ever sent on it: readable means end of file.
-                let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
-                match poll(&mut fds, PollTimeout::ZERO) {
-                    Ok(n) if n > 0 => Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the peer is gone (its end of the socket hung up)",
-                    )),
-                    _ => Ok(()),
-                }
-            },
+            || Self::peer_alive(sock),
             || {
                 // SAFETY: a valid fd and an 8-byte buffer.
                 Errno::result(unsafe { libc::read(efd.as_raw_fd(), value.as_mut_ptr().cast(), 8) })
@@ -412,20 +610,34 @@ impl EfdLink {
 
     /// The reader's side of [`EfdLink::wait_slot`]: the incoming slot
     /// (`dir`) is free; wake the sender only if it waits.
-    fn free_slot(ch: &Channel, dir: usize) -> io::Result<()> {
+    fn free_slot(sock: &OwnedFd, ch: &Channel, dir: usize, timeout: Duration) -> io::Result<()> {
         ch.busy(dir).store(0, Ordering::SeqCst);
         if ch.sender_waits(dir).load(Ordering::SeqCst) != 0 {
-            Self::signal(&ch.rx_empty)?;
+            Self::signal(sock, &ch.rx_empty, timeout)?;
         }
         Ok(())
     }
 
-    fn signal(efd: &OwnedFd) -> io::Result<()> {
+    /// Add one to `efd`. An eventfd write blocks when the counter would
+    /// pass its maximum, which our one slot never brings it near — but
+    /// the peer holds the same counter and can fill it: so the write is
+    /// bounded like a wait (two plain stores, no system call, when it
+    /// does not block). Measured, 64 B round trip, p50 over 10 runs of
+    /// `ipclab bench eventfd --sizes 64 --time 1` alternated with the
+    /// unbounded write: 6.59 µs against 6.67 µs (both 6.2–8.7 µs: noise).
+    fn signal(sock: &OwnedFd, efd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+        let sock = sock.as_fd();
         let one = 1u64.to_ne_bytes();
-        // SAFETY: a valid fd and an 8-byte buffer; an eventfd write blocks
-        // only when the counter would overflow, which one slot never does.
-        Errno::result(unsafe { libc::write(efd.as_raw_fd(), one.as_ptr().cast(), 8) })?;
-        Ok(())
+        interrupt::bounded(
+            Deadline::After(timeout),
+            "waiting for room in an eventfd counter the peer filled",
+            || Self::peer_alive(sock),
+            || {
+                // SAFETY: a valid fd and an 8-byte buffer.
+                Errno::result(unsafe { libc::write(efd.as_raw_fd(), one.as_ptr().cast(), 8) })
+            },
+        )
+        .map(|_| ())
     }
 
     /// Fill the outgoing slot with up to CAPACITY bytes of `bufs`.
@@ -449,7 +661,7 @@ impl EfdLink {
         });
         ch.len_word(tx).store(n as u32, Ordering::SeqCst);
         ch.busy(tx).store(1, Ordering::SeqCst);
-        Self::signal(&ch.tx_full)?;
+        Self::signal(sock, &ch.tx_full, timeout)?;
         Ok(n)
     }
 }
@@ -466,7 +678,19 @@ impl Read for EfdLink {
             Some(len) => len,
             None => {
                 Self::wait(sock, &ch.rx_full, timeout, "waiting for the peer to send")?;
-                let len = (ch.len_word(rx).load(Ordering::SeqCst) as usize).min(CAPACITY);
+                // Read once: the peer may change the word at any time, and
+                // the copy below trusts only this value.
+                let len = ch.len_word(rx).load(Ordering::SeqCst) as usize;
+                if len > CAPACITY {
+                    self.eof = true;
+                    return Err(tell(
+                        sock,
+                        violation(format!(
+                            "it wrote a chunk length of {len} into the shared page, \
+                             more than the {CAPACITY} bytes a slot holds"
+                        )),
+                    ));
+                }
                 if len == 0 {
                     self.eof = true;
                     return Ok(0);
@@ -483,7 +707,7 @@ impl Read for EfdLink {
         self.off += n;
         if self.off == len {
             self.chunk = None;
-            Self::free_slot(ch, rx)?;
+            Self::free_slot(sock, ch, rx, self.write_timeout)?;
         }
         Ok(n)
     }
@@ -523,7 +747,7 @@ impl Drop for EfdLink {
         {
             ch.len_word(tx).store(0, Ordering::SeqCst);
             ch.busy(tx).store(1, Ordering::SeqCst);
-            let _ = Self::signal(&ch.tx_full);
+            let _ = Self::signal(&self.sock, &ch.tx_full, Duration::from_millis(100));
         }
     }
 }

@@ -7,6 +7,7 @@
 //! A transport with shared state or a handshake adds its file here and a
 //! line to [`for_transport`].
 
+mod eventfd;
 use crate::common::Env;
 use ipclab::process::ServerProcess;
 
@@ -22,6 +23,7 @@ pub struct Attack {
 /// The attacks written for `transport`.
 pub fn for_transport(transport: &str) -> Vec<Attack> {
     match transport {
+        "eventfd" => eventfd::attacks(),
         _ => Vec::new(),
     }
 }
