@@ -149,13 +149,18 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     for &placement in &placements {
         for &t in &transports {
             bar.set_message(format!("{} ({placement})", t.name()));
-            // A transport and its raw baseline are measured in turns, so
-            // that drift of the machine does not fall between the two.
-            let kind = baselines
-                .iter()
-                .copied()
-                .find(|k| k.transport() == t.name());
-            let results = bench::run_transport(&plan, t, placement, kind, |_| bar.inc(1));
+            let results = match &a.connect {
+                Some(addr) => bench::run_remote(&plan, t, addr, |_| bar.inc(1)),
+                // A transport and its raw baseline are measured in turns, so
+                // that drift of the machine does not fall between the two.
+                None => {
+                    let kind = baselines
+                        .iter()
+                        .copied()
+                        .find(|k| k.transport() == t.name());
+                    bench::run_transport(&plan, t, placement, kind, |_| bar.inc(1))
+                }
+            };
             report.results.extend(results);
             // Rewritten after each transport: a crash keeps what was measured.
             exports.save(&report)?;
