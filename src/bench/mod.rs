@@ -30,6 +30,8 @@
 //! Throughput is payload bytes moved per second in *both* directions:
 //! `2 × size × round trips per second`.
 
+pub mod compare;
+pub mod export;
 pub mod plot;
 pub mod raw;
 pub mod report;
@@ -190,6 +192,26 @@ pub fn null_syscall_ns() -> f64 {
         best = best.min(start.elapsed().as_nanos() as f64 / n as f64);
     }
     best
+}
+
+/// The floors of a run, measured now: a null system call and, with two CPUs
+/// allowed, a cache line's round trip between the first two.
+pub fn floors(cpus: &[usize]) -> Vec<Floor> {
+    let mut floors = vec![Floor {
+        name: "null system call".into(),
+        placement: Placement::None,
+        ns: null_syscall_ns(),
+    }];
+    if let [a, b, ..] = *cpus
+        && let Some(ns) = cache_line_rtt_ns(a, b, Duration::from_millis(300))
+    {
+        floors.push(Floor {
+            name: format!("cache line round trip, CPU {a} <-> CPU {b}"),
+            placement: Placement::CrossCore,
+            ns,
+        });
+    }
+    floors
 }
 
 /// Nanoseconds for one cache line to go from CPU `a` to CPU `b` and back:
