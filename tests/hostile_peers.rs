@@ -205,6 +205,18 @@ pub fn killed_server_fails_the_client(env: Env) {
         "{}: noticed after {noticed:?}",
         env.transport.name()
     );
+    // The killed server could not remove its objects: the next one on the
+    // same name replaces them, and removes them when it stops.
+    let mut server = server;
+    let _ = server.wait_timeout(Duration::from_secs(5));
+    let mut next = env.server();
+    assert!(next.stop().unwrap().success());
+    assert!(
+        env.leftovers().is_empty(),
+        "{}: left behind: {:?}",
+        env.transport.name(),
+        env.leftovers()
+    );
 }
 
 /// The same for a pipe client, whose server is its own child.
