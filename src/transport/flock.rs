@@ -99,6 +99,14 @@
 //! Every word a peer can write is checked before it is used; nothing in the
 //! header is trusted as an offset or a size.
 //!
+//! # A peer that truncates the file
+//! Whoever can write the file can also `ftruncate(2)` it, and touching a
+//! mapped page past the end of a file raises `SIGBUS`, which kills. A
+//! `SIGBUS` handler (`sigaction(2)`, see the `truncation` module below)
+//! maps zero pages over the mapping the fault hit and marks it; the
+//! session checks the mark before it uses what it read, and ends with an
+//! error. The file is then used up, like any other.
+//!
 //! # Timeouts
 //! `F_OFD_SETLKW` has no timeout, but fails with `EINTR` when a signal
 //! handler runs; [`crate::interrupt`] wakes it every quarter second to check
@@ -113,7 +121,7 @@
 //! # System calls
 //! `open(2)` (`O_EXCL` for the fresh file), `ftruncate(2)`, `mmap(2)`,
 //! `rename(2)`, `fcntl(2)` (`F_OFD_SETLK`, `F_OFD_SETLKW`, `F_OFD_GETLK`),
-//! `unlink(2)`; see `fcntl(2)` "Open file description locks". See the
+//! `unlink(2)`, `sigaction(2)` (`SIGBUS`); see `fcntl(2)` "Open file description locks". See the
 //! locks: `cat /proc/locks` (type `OFDLCK`).
 
 use std::fs::{self, File};
@@ -220,13 +228,29 @@ fn lock_wait(
 struct Shared {
     file: File,
     map: MmapRaw,
+    /// Its entry in the [`truncation`] guard.
+    guard: usize,
 }
 
 impl Shared {
     /// Map `file`, which must be [`FILE_LEN`] bytes long.
     fn map(file: File) -> io::Result<Shared> {
         let map = MmapOptions::new().len(FILE_LEN).map_raw(&file)?;
-        Ok(Shared { file, map })
+        let guard = truncation::watch(map.as_mut_ptr() as usize, FILE_LEN)?;
+        Ok(Shared { file, map, guard })
+    }
+    /// A peer shrank the file under us (or its pages could not be had):
+    /// our mapping now reads zeros, and nothing read from it may be used.
+    fn check_intact(&self) -> io::Result<()> {
+        if truncation::hit(self.guard) {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the shared file was truncated under us (by the peer?): what it held is lost; \
+                 ending the session",
+            ))
+        } else {
+            Ok(())
+        }
     }
     fn u32_at(&self, off: usize) -> u32 {
         // SAFETY: within the mapping (off is one of the header constants);
@@ -249,6 +273,111 @@ impl Shared {
     fn area(&self, dir: usize) -> *mut u8 {
         // SAFETY: within the mapping.
         unsafe { self.map.as_mut_ptr().add(DATA_OFFSET + dir * CAPACITY) }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Before `map` is unmapped (fields drop after this).
+        truncation::forget(self.guard);
+    }
+}
+
+/// A peer can `ftruncate(2)` the shared file: touching a mapped page past
+/// the new end of the file raises `SIGBUS`, which would kill us. So a
+/// `SIGBUS` handler looks the faulting address up among our mappings; if
+/// it is in one, it maps anonymous zero pages over the whole mapping
+/// (`mmap(2)` with `MAP_FIXED`), marks it hit and returns — the access is
+/// retried and reads zeros — and the session checks the mark before it
+/// uses anything it read. Any other `SIGBUS` goes to the handler that was
+/// there before (Rust's own), or kills the process as usual.
+mod truncation {
+    use std::io;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+    const SLOTS: usize = 256;
+    /// Start and length of each watched mapping (length 0: a free slot;
+    /// usize::MAX: being filled in).
+    static START: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+    static LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+    static HIT: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
+    static PREVIOUS: OnceLock<SigHandler> = OnceLock::new();
+
+    /// Watch `len` bytes mapped at `start`; returns the slot.
+    pub(super) fn watch(start: usize, len: usize) -> io::Result<usize> {
+        PREVIOUS.get_or_init(|| {
+            let action = SigAction::new(
+                SigHandler::SigAction(on_sigbus),
+                SaFlags::SA_SIGINFO | SaFlags::SA_ONSTACK,
+                SigSet::empty(),
+            );
+            // SAFETY: the handler only reads atomics, calls mmap(2) and the
+            // previous handler — async-signal-safe.
+            match unsafe { sigaction(Signal::SIGBUS, &action) } {
+                Ok(old) => old.handler(),
+                Err(_) => SigHandler::SigDfl,
+            }
+        });
+        for i in 0..SLOTS {
+            if LEN[i]
+                .compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                START[i].store(start, Ordering::Release);
+                HIT[i].store(false, Ordering::Release);
+                LEN[i].store(len, Ordering::Release);
+                return Ok(i);
+            }
+        }
+        Err(io::Error::other(format!(
+            "more than {SLOTS} flock mappings in one process"
+        )))
+    }
+
+    pub(super) fn hit(slot: usize) -> bool {
+        HIT[slot].load(Ordering::Relaxed)
+    }
+
+    pub(super) fn forget(slot: usize) {
+        LEN[slot].store(0, Ordering::Release);
+    }
+
+    extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        for i in 0..SLOTS {
+            let len = LEN[i].load(Ordering::Acquire);
+            let start = START[i].load(Ordering::Acquire);
+            if len != 0 && len != usize::MAX && addr >= start && addr - start < len {
+                // Raw libc: nix's mmap wrappers allocate nothing either, but
+                // this is the one call a signal handler may make here.
+                // SAFETY: replaces our own mapping, same range, with zeros.
+                unsafe {
+                    libc::mmap(
+                        start as *mut libc::c_void,
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                HIT[i].store(true, Ordering::Release);
+                return;
+            }
+        }
+        match PREVIOUS.get() {
+            Some(SigHandler::SigAction(f)) => f(sig, info, ctx),
+            Some(SigHandler::Handler(f)) => f(sig),
+            _ => {
+                // Not ours: die of it as if we had not been here.
+                // SAFETY: resetting a disposition is async-signal-safe.
+                unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+            }
+        }
     }
 }
 
@@ -609,13 +738,19 @@ fn publish(path: &Path) -> io::Result<Published> {
     // `file` (a duplicate of shared.file) closes here; the locks belong to
     // the open file description, which shared.file keeps.
     drop(file);
-    let guard = CreatedPath::adopt(path.to_path_buf())?;
-    if renamed_since(path, &shared.file.metadata()?) {
+    let meta = shared.file.metadata()?;
+    if renamed_since(path, &meta) {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!("{} was replaced by someone else", path.display()),
         ));
     }
+    let guard = CreatedPath::adopt(path.to_path_buf()).inspect_err(|_| {
+        // Not offered after all: do not leave it behind.
+        if !renamed_since(path, &meta) {
+            let _ = fs::remove_file(path);
+        }
+    })?;
     Ok(Published {
         shared: Arc::new(shared),
         _path: guard,
@@ -708,7 +843,11 @@ impl Listener for FlockServer {
             };
             let state = current.shared.state();
             let s_held = held_by_other(&current.shared.file, S);
-            if current.used || !matches!(state, FRESH | CLAIMED) || (state == CLAIMED && !s_held) {
+            if current.used
+                || !matches!(state, FRESH | CLAIMED)
+                || (state == CLAIMED && !s_held)
+                || current.shared.check_intact().is_err()
+            {
                 // Used up: by a session, by a client that claimed it and
                 // left before we looked, or by someone scribbling on it.
                 self.renew(current);
@@ -865,6 +1004,7 @@ impl TurnLink {
             };
             self.stash.extend_from_slice(rest);
             self.in_off = self.in_len;
+            self.shared.check_intact()?;
         }
         let next = match self.turn {
             Some(t) => {
@@ -896,6 +1036,7 @@ impl TurnLink {
     fn take_turn(&mut self, next: i64) -> io::Result<()> {
         let len = self.shared.u32_at(H_LEN[self.rx()]);
         let ended = self.shared.u32_at(H_TURN[self.rx()]);
+        self.shared.check_intact()?;
         if !self.server_side() && self.shared.state() == RETIRED {
             return server_present(&self.shared);
         }
@@ -961,6 +1102,7 @@ impl Read for TurnLink {
                         n,
                     )
                 };
+                self.shared.check_intact()?;
                 self.in_off += n;
                 return Ok(n);
             }
@@ -1006,6 +1148,7 @@ impl Write for TurnLink {
         if n == 0 {
             return Ok(0);
         }
+        self.shared.check_intact()?;
         // Ending a turn also waits for the next one, which comes when the
         // peer next acts: for a server that has just replied, that is the
         // client's next request, so the wait is bounded by the read

@@ -51,6 +51,11 @@ pub fn attacks() -> Vec<Attack> {
             grow_kib: 4096,
         },
         Attack {
+            name: "a file truncated under the server (in a session, or before one) ends that session, not the server",
+            run: truncated_file,
+            grow_kib: 4096,
+        },
+        Attack {
             name: "a SIGSTOPped client loses the slot after --idle-timeout and cannot reach the next session",
             run: stopped_client_loses_the_slot,
             grow_kib: 4096,
@@ -248,6 +253,57 @@ fn lying_header_words(env: &Env, _server: &ServerProcess) {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// `ftruncate(2)` of the shared file: the server's next touch of a page
+/// past the new end would raise SIGBUS. Once by a client in its session,
+/// between writing a request and ending its turn; once by anyone, on the
+/// fresh file the server offers. The server must survive both (the
+/// harness checks it serves the next client), and offer a new file.
+fn truncated_file(env: &Env, _server: &ServerProcess) {
+    let path = env.cfg.object_path(".flock");
+    let raw = Raw::connect(&path);
+    let mut frame = protocol::header(kind::ECHO, 10).to_vec();
+    frame.extend_from_slice(b"0123456789");
+    raw.put_request(&frame);
+    raw.set(H_LEN[0], frame.len() as u32);
+    raw.set(H_TURN[0], 0);
+    let ino = raw.ino();
+    raw.file.set_len(0).unwrap();
+    // From here on our own mapping is past the end of the file too: only
+    // locks, no header reads.
+    raw.unlock(0);
+    assert!(
+        raw.lock_within(2, PATIENCE),
+        "flock: the server neither answered nor ended a session on a truncated file"
+    );
+    let until = Instant::now() + PATIENCE;
+    while std::fs::metadata(&path).unwrap().ino() == ino {
+        assert!(
+            Instant::now() < until,
+            "flock: no fresh file after a session's file was truncated"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(raw);
+
+    // The fresh file, truncated by someone who never took the slot.
+    let fresh = Raw::open(&path);
+    let ino = fresh.ino();
+    fresh.file.set_len(0).unwrap();
+    drop(fresh);
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let now = std::fs::metadata(&path).unwrap();
+        if now.ino() != ino && now.len() == FILE_LEN as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "flock: the truncated fresh file is still offered"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
