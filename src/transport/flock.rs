@@ -40,35 +40,72 @@
 //! when the owner is only waiting to read; a protocol round trip is two
 //! turns.
 //!
-//! Two more lock bytes say who is there: **V**, held by the server for its
-//! whole life, and **S**, held by the connected client. A client takes S
-//! without waiting (`F_OFD_SETLK`): if it is taken, the server is busy with
-//! another client. After every wait, the winner checks that its peer's
-//! presence lock is still held: a lock obtained because the peer *died*
-//! (the kernel released its locks) is then recognised as such. A lock says
-//! only that *someone* holds S, so a client also writes a session id into
-//! the header (zero the moment it takes S, its own id once set up): a
-//! server session whose client died and whose S was taken by the next
-//! client sees the id change and ends, instead of taking the newcomer's
-//! turns for its dead client's. And a reader's empty turns share one
-//! deadline, so two parties that both wait to read end in a timeout, never
-//! in a loop.
+//! The owner of turn t ends it by writing the chunk's length *and the turn
+//! number t* into the header. The next owner checks both before it reads a
+//! byte: the number must be the turn that just ended and the length must fit
+//! the 64 KiB area (or be the end-of-stream mark). A lock obtained because
+//! the peer *died* mid-turn (the kernel released its locks) carries an old
+//! turn number, and so does anything a lying peer writes out of turn: the
+//! session ends with an error, never with a copy of bytes that were not
+//! sent in this turn.
+//!
+//! # Who is there, and one fresh file per session
+//! Two more lock bytes say who is there: **V**, held by the server on its
+//! current file, and **S**, the one client slot. A client takes S without
+//! waiting (`F_OFD_SETLK`): if it is taken, the server is busy with
+//! another client. The header's *state* word says where the file is in its
+//! life: `FRESH` (written by the server), `CLAIMED` (written by the client
+//! that holds S, once it is set up), `RETIRED` (written by the server when
+//! the session is over).
+//!
+//! Every session gets a file of its own. When a session ends — the client
+//! left, broke the protocol, or stayed silent for longer than
+//! `--idle-timeout` — the server prepares a fresh file under a temporary
+//! name and `rename(2)`s it over `<name>.flock` (an atomic replacement: a
+//! client opening the path gets the old file or the new one, never
+//! nothing), marks the old one `RETIRED` and closes it. So:
+//! * a client that is stopped (`SIGSTOP`) or idle keeps S only on the *old*
+//!   file: the slot on the new one is free for the next client;
+//! * the locks a stopped or dead client still holds are on the old file:
+//!   they cannot wedge the server;
+//! * a stale client that wakes up and writes again writes into the old file,
+//!   which no one reads: its next wait ends at once (the server's locks on
+//!   it are gone), it sees `RETIRED`, and reports that the server ended its
+//!   session. Its bytes cannot reach the next session, whose file is
+//!   another inode.
+//!
+//! A client also refuses a file that is not `FRESH`: the one a session just
+//! ended on is `CLAIMED` for a moment before the server replaces it, and
+//! the client then tries the path again (bounded by `--timeout`).
 //!
 //! # The one place that polls
 //! A lock can only wake a waiter when someone *releases* it; a client that
 //! *arrives* releases nothing. So the server's accept loop checks S
-//! (`F_OFD_GETLK`) once per tick of the server loop (100 ms) — a bounded,
-//! fixed-period check, not busy polling. Everything else blocks in the
-//! kernel.
+//! (`F_OFD_GETLK`) and the state word once per tick of the server loop
+//! (100 ms) — a bounded, fixed-period check, not busy polling. A client that
+//! holds S on a fresh file without finishing its set-up within `--timeout`
+//! (stopped in the middle of it) gets its file retired too. Everything else
+//! blocks in the kernel.
 //!
 //! # Layout of the file
 //! ```text
-//!  0     header: magic, server pid, c2s length, s2c length (u32::MAX = end)
+//!  0     header: magic, server pid, state, c2s length, s2c length,
+//!        c2s turn, s2c turn   (a length of u32::MAX = end of stream)
 //!  4096  client → server area (64 KiB)
 //!  4096 + 64 KiB  server → client area (64 KiB)
 //!  lock bytes at offset 2^30 + {0,1,2} (rotation), +3 (S), +4 (V): beyond
 //!  the end of the file, which is allowed — a lock is only a claim on a range.
 //! ```
+//! Every word a peer can write is checked before it is used; nothing in the
+//! header is trusted as an offset or a size.
+//!
+//! # A peer that truncates the file
+//! Whoever can write the file can also `ftruncate(2)` it, and touching a
+//! mapped page past the end of a file raises `SIGBUS`, which kills. A
+//! `SIGBUS` handler (`sigaction(2)`, see the `truncation` module below)
+//! maps zero pages over the mapping the fault hit and marks it; the
+//! session checks the mark before it uses what it read, and ends with an
+//! error. The file is then used up, like any other.
 //!
 //! # Timeouts
 //! `F_OFD_SETLKW` has no timeout, but fails with `EINTR` when a signal
@@ -76,29 +113,33 @@
 //! the deadline and the peer's presence lock.
 //!
 //! # Costs and limits
-//! Each turn is at least two `fcntl` calls and a wake-up; a round trip two
-//! turns. One client at a time.
+//! Each turn is two `fcntl` calls (release one lock, wait for the next) and
+//! a wake-up; a round trip two turns. One client at a time; a new file per
+//! session (`open`, `ftruncate`, `mmap`, `rename` once per session, not per
+//! round trip).
 //!
 //! # System calls
-//! `open(2)`, `ftruncate(2)`, `mmap(2)`, `fcntl(2)` (`F_OFD_SETLK`,
-//! `F_OFD_SETLKW`, `F_OFD_GETLK`), `unlink(2)`; see `fcntl(2)` "Open file
-//! description locks". See the locks: `cat /proc/locks` (type `OFDLCK`).
+//! `open(2)` (`O_EXCL` for the fresh file), `ftruncate(2)`, `mmap(2)`,
+//! `rename(2)`, `fcntl(2)` (`F_OFD_SETLK`, `F_OFD_SETLKW`, `F_OFD_GETLK`),
+//! `unlink(2)`, `sigaction(2)` (`SIGBUS`); see `fcntl(2)` "Open file description locks". See the
+//! locks: `cat /proc/locks` (type `OFDLCK`).
 
 use std::fs::{self, File};
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, fcntl};
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
 use crate::clean::{self, Leftover};
-use crate::interrupt;
+use crate::interrupt::{self, Deadline};
 use crate::runtime::{self, CreatedPath};
 
 const MAGIC: u64 = 0x6970_636c_6162_464c; // "ipclabFL"
@@ -109,13 +150,25 @@ const FILE_LEN: usize = DATA_OFFSET + 2 * CAPACITY;
 const LOCKS: i64 = 1 << 30;
 const S: i64 = 3;
 const V: i64 = 4;
+/// A chunk length meaning "end of stream".
 const END: u32 = u32::MAX;
+/// The turn number a fresh file starts with: no turn has ended yet.
+const NO_TURN: u32 = u32::MAX;
 
 // Header field offsets.
 const H_MAGIC: usize = 0;
 const H_SERVER_PID: usize = 8;
+const H_STATE: usize = 12;
 const H_LEN: [usize; 2] = [16, 20]; // c2s, s2c
-const H_SESSION: usize = 24; // u64, written by a client once it is set up
+const H_TURN: [usize; 2] = [24, 28]; // the turn in which H_LEN was written
+
+// The file's life (H_STATE).
+const FRESH: u32 = 0x4652_4553; // "FRES"
+const CLAIMED: u32 = 0x434c_4149; // "CLAI"
+const RETIRED: u32 = 0x5245_5449; // "RETI"
+
+/// Suffix of a fresh file while the server prepares it.
+const NEW_SUFFIX: &str = ".flock-new";
 
 /// One lock byte request.
 fn lock_struct(kind: libc::c_short, byte: i64) -> libc::flock {
@@ -132,31 +185,26 @@ fn lock_struct(kind: libc::c_short, byte: i64) -> libc::flock {
 /// `F_OFD_SETLK`: take `byte` now or fail with `WouldBlock`.
 fn try_lock(f: &File, byte: i64) -> io::Result<()> {
     let fl = lock_struct(libc::F_WRLCK as libc::c_short, byte);
-    // SAFETY: valid fd and flock.
-    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == -1 {
-        let e = Errno::last();
-        return Err(match e {
-            Errno::EAGAIN | Errno::EACCES => {
-                io::Error::new(io::ErrorKind::WouldBlock, "the lock is held")
-            }
-            e => io::Error::other(format!("fcntl(F_OFD_SETLK): {e}")),
-        });
+    match fcntl(f.as_fd(), FcntlArg::F_OFD_SETLK(&fl)) {
+        Ok(_) => Ok(()),
+        Err(Errno::EAGAIN | Errno::EACCES) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "the lock is held",
+        )),
+        Err(e) => Err(io::Error::other(format!("fcntl(F_OFD_SETLK): {e}"))),
     }
-    Ok(())
 }
 
 fn unlock(f: &File, byte: i64) {
     let fl = lock_struct(libc::F_UNLCK as libc::c_short, byte);
-    // SAFETY: valid fd and flock.
-    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    let _ = fcntl(f.as_fd(), FcntlArg::F_OFD_SETLK(&fl));
 }
 
 /// `F_OFD_GETLK`: is `byte` held by another open file description?
 fn held_by_other(f: &File, byte: i64) -> bool {
     let mut fl = lock_struct(libc::F_WRLCK as libc::c_short, byte);
-    // SAFETY: valid fd and flock.
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
-    r == 0 && fl.l_type != libc::F_UNLCK as libc::c_short
+    fcntl(f.as_fd(), FcntlArg::F_OFD_GETLK(&mut fl)).is_ok()
+        && fl.l_type != libc::F_UNLCK as libc::c_short
 }
 
 /// `F_OFD_SETLKW` on `byte`, bounded by `deadline`; `alive` is asked each
@@ -164,19 +212,15 @@ fn held_by_other(f: &File, byte: i64) -> bool {
 fn lock_wait(
     f: &File,
     byte: i64,
-    deadline: Instant,
+    deadline: impl Into<Deadline>,
     alive: impl FnMut() -> io::Result<()>,
 ) -> io::Result<()> {
     let fl = lock_struct(libc::F_WRLCK as libc::c_short, byte);
-    let fd = f.as_raw_fd();
     interrupt::bounded(
         deadline,
         "waiting for the peer to end its turn",
         alive,
-        || {
-            // SAFETY: valid fd and flock.
-            Errno::result(unsafe { libc::fcntl(fd, libc::F_OFD_SETLKW, &fl) }).map(drop)
-        },
+        || fcntl(f.as_fd(), FcntlArg::F_OFD_SETLKW(&fl)).map(drop),
     )
 }
 
@@ -184,29 +228,156 @@ fn lock_wait(
 struct Shared {
     file: File,
     map: MmapRaw,
+    /// Its entry in the [`truncation`] guard.
+    guard: usize,
 }
 
 impl Shared {
+    /// Map `file`, which must be [`FILE_LEN`] bytes long.
+    fn map(file: File) -> io::Result<Shared> {
+        let map = MmapOptions::new().len(FILE_LEN).map_raw(&file)?;
+        let guard = truncation::watch(map.as_mut_ptr() as usize, FILE_LEN)?;
+        Ok(Shared { file, map, guard })
+    }
+    /// A peer shrank the file under us (or its pages could not be had):
+    /// our mapping now reads zeros, and nothing read from it may be used.
+    fn check_intact(&self) -> io::Result<()> {
+        if truncation::hit(self.guard) {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the shared file was truncated under us (by the peer?): what it held is lost; \
+                 ending the session",
+            ))
+        } else {
+            Ok(())
+        }
+    }
     fn u32_at(&self, off: usize) -> u32 {
-        // SAFETY: within the mapping; access is ordered by the locks (each
-        // fcntl is a system call, a full barrier).
+        // SAFETY: within the mapping (off is one of the header constants);
+        // access is ordered by the locks (each fcntl is a system call, a
+        // full barrier). A peer writing out of turn can only make the value
+        // wrong, which every reader checks.
         unsafe { std::ptr::read_volatile(self.map.as_mut_ptr().add(off) as *const u32) }
     }
     fn set_u32(&self, off: usize, v: u32) {
         // SAFETY: as above; only the turn's owner writes.
         unsafe { std::ptr::write_volatile(self.map.as_mut_ptr().add(off) as *mut u32, v) }
     }
-    fn u64_at(&self, off: usize) -> u64 {
+    fn magic(&self) -> u64 {
         // SAFETY: as in u32_at.
-        unsafe { std::ptr::read_volatile(self.map.as_mut_ptr().add(off) as *const u64) }
+        unsafe { std::ptr::read_volatile(self.map.as_mut_ptr().add(H_MAGIC) as *const u64) }
     }
-    fn set_u64(&self, off: usize, v: u64) {
-        // SAFETY: as in set_u32.
-        unsafe { std::ptr::write_volatile(self.map.as_mut_ptr().add(off) as *mut u64, v) }
+    fn state(&self) -> u32 {
+        self.u32_at(H_STATE)
     }
     fn area(&self, dir: usize) -> *mut u8 {
         // SAFETY: within the mapping.
         unsafe { self.map.as_mut_ptr().add(DATA_OFFSET + dir * CAPACITY) }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Before `map` is unmapped (fields drop after this).
+        truncation::forget(self.guard);
+    }
+}
+
+/// A peer can `ftruncate(2)` the shared file: touching a mapped page past
+/// the new end of the file raises `SIGBUS`, which would kill us. So a
+/// `SIGBUS` handler looks the faulting address up among our mappings; if
+/// it is in one, it maps anonymous zero pages over the whole mapping
+/// (`mmap(2)` with `MAP_FIXED`), marks it hit and returns — the access is
+/// retried and reads zeros — and the session checks the mark before it
+/// uses anything it read. Any other `SIGBUS` goes to the handler that was
+/// there before (Rust's own), or kills the process as usual.
+mod truncation {
+    use std::io;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+    const SLOTS: usize = 256;
+    /// Start and length of each watched mapping (length 0: a free slot;
+    /// usize::MAX: being filled in).
+    static START: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+    static LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+    static HIT: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
+    static PREVIOUS: OnceLock<SigHandler> = OnceLock::new();
+
+    /// Watch `len` bytes mapped at `start`; returns the slot.
+    pub(super) fn watch(start: usize, len: usize) -> io::Result<usize> {
+        PREVIOUS.get_or_init(|| {
+            let action = SigAction::new(
+                SigHandler::SigAction(on_sigbus),
+                SaFlags::SA_SIGINFO | SaFlags::SA_ONSTACK,
+                SigSet::empty(),
+            );
+            // SAFETY: the handler only reads atomics, calls mmap(2) and the
+            // previous handler — async-signal-safe.
+            match unsafe { sigaction(Signal::SIGBUS, &action) } {
+                Ok(old) => old.handler(),
+                Err(_) => SigHandler::SigDfl,
+            }
+        });
+        for i in 0..SLOTS {
+            if LEN[i]
+                .compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                START[i].store(start, Ordering::Release);
+                HIT[i].store(false, Ordering::Release);
+                LEN[i].store(len, Ordering::Release);
+                return Ok(i);
+            }
+        }
+        Err(io::Error::other(format!(
+            "more than {SLOTS} flock mappings in one process"
+        )))
+    }
+
+    pub(super) fn hit(slot: usize) -> bool {
+        HIT[slot].load(Ordering::Relaxed)
+    }
+
+    pub(super) fn forget(slot: usize) {
+        LEN[slot].store(0, Ordering::Release);
+    }
+
+    extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        for i in 0..SLOTS {
+            let len = LEN[i].load(Ordering::Acquire);
+            let start = START[i].load(Ordering::Acquire);
+            if len != 0 && len != usize::MAX && addr >= start && addr - start < len {
+                // Raw libc: nix's mmap wrappers allocate nothing either, but
+                // this is the one call a signal handler may make here.
+                // SAFETY: replaces our own mapping, same range, with zeros.
+                unsafe {
+                    libc::mmap(
+                        start as *mut libc::c_void,
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                HIT[i].store(true, Ordering::Release);
+                return;
+            }
+        }
+        match PREVIOUS.get() {
+            Some(SigHandler::SigAction(f)) => f(sig, info, ctx),
+            Some(SigHandler::Handler(f)) => f(sig),
+            _ => {
+                // Not ours: die of it as if we had not been here.
+                // SAFETY: resetting a disposition is async-signal-safe.
+                unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+            }
+        }
     }
 }
 
@@ -225,40 +396,46 @@ impl Transport for Flock {
         "a mapped file; strict turns by a rotation of three OFD locks, one client"
     }
     fn kernel_objects(&self) -> &'static str {
-        "file <dir>/<name>.flock (mmap), OFD locks on it (see /proc/locks)"
+        "file <dir>/<name>.flock (mmap; a fresh one per session), OFD locks on it (see /proc/locks)"
     }
     fn inspect_note(&self) -> &'static str {
-        "Both processes open the same file <name>.flock and map it (the shared file mapping); the payload travels through that mapping. The locks decide whose turn it is: they are OFD locks (open file description locks, pid -1 in /proc/locks, because they belong to the open file and not to a process), and whoever holds the write lock on a byte owns that step of the rotation."
+        "Both processes open the same file <name>.flock and map it (the shared file mapping); the payload travels through that mapping. The locks decide whose turn it is: they are OFD locks (open file description locks, pid -1 in /proc/locks, because they belong to the open file and not to a process), and whoever holds the write lock on a byte owns that step of the rotation. Each session has a file of its own: when it ends, the server renames a fresh file over the path."
     }
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
-        clean::files_with_suffix(dir, ".flock")
+        let judge = |path: PathBuf, what: &'static str, needs_magic: bool| {
+            Leftover::judge_file(
+                "flock",
+                what,
+                &path,
+                |t| t.is_file(),
+                || {
+                    if needs_magic && !looks_like_ours(&path) {
+                        return Err(io::Error::other("not an ipclab flock data file"));
+                    }
+                    let file = fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(&path)?;
+                    // Asking (F_OFD_GETLK) does not take the lock, so a
+                    // server starting now is not disturbed.
+                    Ok(if held_by_other(&file, V) {
+                        Ok("a server holds its presence lock".into())
+                    } else {
+                        Err("nobody holds its presence lock: its server was killed".into())
+                    })
+                },
+            )
+        };
+        let data = clean::files_with_suffix(dir, ".flock")
             .into_iter()
-            .map(|(_, path)| {
-                Leftover::judge_file(
-                    "flock",
-                    "data file",
-                    &path,
-                    |t| t.is_file(),
-                    || {
-                        if !looks_like_ours(&path) {
-                            return Err(io::Error::other("not an ipclab flock data file"));
-                        }
-                        let file = fs::OpenOptions::new()
-                            .read(true)
-                            .write(true)
-                            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                            .open(&path)?;
-                        // Asking (F_OFD_GETLK) does not take the lock, so a
-                        // server starting now is not disturbed.
-                        Ok(if held_by_other(&file, V) {
-                            Ok("a server holds its presence lock".into())
-                        } else {
-                            Err("nobody holds its presence lock: its server was killed".into())
-                        })
-                    },
-                )
-            })
-            .collect()
+            .map(|(_, path)| judge(path, "data file", true));
+        // A fresh file being prepared, left by a server killed in the
+        // moment between creating it and renaming it into place.
+        let fresh = clean::files_with_suffix(dir, NEW_SUFFIX)
+            .into_iter()
+            .map(|(_, path)| judge(path, "fresh data file", false));
+        data.chain(fresh).collect()
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -273,179 +450,223 @@ impl Transport for Flock {
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
         runtime::prepare_dir(&cfg.dir)?;
         let path = data_path(cfg);
-        let file = open_replacing_stale(&path)?;
-        let created = CreatedPath::adopt(path.clone())?;
-        file.set_len(FILE_LEN as u64)?;
-        let map = MmapOptions::new().len(FILE_LEN).map_raw(&file)?;
-        let shared = Arc::new(Shared { file, map });
-        // V for our whole life; 2 while idle (the rotation's starting point).
-        try_lock(&shared.file, 2)?;
-        shared.set_u32(H_SERVER_PID, std::process::id());
-        shared.set_u32(H_LEN[0], 0);
-        shared.set_u32(H_LEN[1], 0);
-        shared.set_u64(H_SESSION, 0);
-        // SAFETY: within the mapping.
-        unsafe {
-            std::ptr::write_volatile(shared.map.as_mut_ptr().add(H_MAGIC) as *mut u64, MAGIC)
-        };
+        // Claim the name (V on whatever is there now), then put a fresh file
+        // in its place: nothing a client of an earlier server still has
+        // mapped is ever reused.
+        let claim = claim_name(&path)?;
+        let first = publish(&path)?;
+        drop(claim);
         Ok(Box::new(FlockServer {
-            shared,
-            _file: created,
-            path,
-            in_session: Arc::new(AtomicBool::new(false)),
-            last_session: 0,
+            slot: Arc::new(Slot {
+                path,
+                current: Mutex::new(Some(first)),
+                in_session: AtomicBool::new(false),
+            }),
             cfg: cfg.clone(),
+            unclaimed_since: None,
+            reported: None,
         }))
     }
 
     fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>> {
         let path = data_path(cfg);
-        let file = match fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let deadline = Instant::now() + cfg.timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(link) = try_connect(cfg, &path, deadline)? {
+                return Ok(link);
+            }
+            // The file at the path is one a session has ended on, and the
+            // server is about to rename a fresh one over it: try again.
+            if Instant::now() >= deadline {
                 return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
+                    io::ErrorKind::TimedOut,
                     format!(
-                        "no server at {}: the file does not exist (start one with `ipclab serve flock`)",
-                        path.display()
+                        "the flock server did not offer a fresh session file at {} within {:?} \
+                         (is it stuck? see `ipclab inspect` on its pid)",
+                        path.display(),
+                        cfg.timeout
                     ),
                 ));
             }
-            Err(e) => return Err(e),
-        };
-        if !held_by_other(&file, V) {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!(
-                    "no server holds {} (a stale file; start one with `ipclab serve flock`)",
-                    path.display()
-                ),
-            ));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
-        if file.metadata()?.len() < FILE_LEN as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is not an ipclab flock file", path.display()),
-            ));
-        }
-        match try_lock(&file, S) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "busy: the flock server serves one client at a time",
-                ));
-            }
-            Err(e) => return Err(e),
-        }
-        // S is ours: say at once that whoever held it before is gone (a
-        // server session still serving a client that died checks this, and
-        // ends instead of taking our turns for its client's).
-        let map = MmapOptions::new().len(FILE_LEN).map_raw(&file)?;
-        let shared = Arc::new(Shared { file, map });
-        shared.set_u64(H_SESSION, 0);
-        let file = &shared.file;
-        // Turn 0 is ours: locks 0 and 1. A session that is just ending may
-        // still hold one of them for a moment: wait (bounded).
-        let deadline = Instant::now() + cfg.timeout;
-        let server_alive = |f: &File| {
-            if held_by_other(f, V) {
-                Ok(())
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the server is gone",
-                ))
-            }
-        };
-        let setup = (|| {
-            lock_wait(file, 0, deadline, || server_alive(file))?;
-            lock_wait(file, 1, deadline, || server_alive(file))?;
-            // The rotation starts with the server holding 2; an ending
-            // session takes it back at once. Setup-time only: a bounded
-            // check with back-off.
-            let mut pause = Duration::from_millis(1);
-            while !held_by_other(file, 2) {
-                server_alive(file)?;
-                if Instant::now() >= deadline {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the flock server did not get ready in time",
-                    ));
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-            Ok(())
-        })();
-        if let Err(e) = setup {
-            for b in [0, 1, S] {
-                unlock(file, b);
-            }
-            return Err(e);
-        }
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-        let session =
-            ((std::process::id() as u64) << 32) | NEXT.fetch_add(1, Ordering::Relaxed) as u64;
-        shared.set_u64(H_SESSION, session);
-        Ok(Box::new(TurnLink::new(
-            shared,
-            false,
-            Some(0),
-            cfg.timeout,
-            cfg.timeout,
-            None,
-            session,
-        )))
     }
 }
 
-/// Open the data file: a new one, or one whose server is gone (nobody holds
-/// V) — then taking V makes it ours. A live server's file is an error, and
-/// anything that is not our regular file is left alone.
-fn open_replacing_stale(path: &Path) -> io::Result<File> {
-    if fs::symlink_metadata(path).is_ok() {
-        runtime::check_ours(path, fs::FileType::is_file, "a data file")?;
-        // Only a file that a server of ours made is taken over (and resized).
-        if !looks_like_ours(path) {
+/// One attempt to start a session on the file now at `path`: a link, or
+/// `None` when that file is used up (try again), or an error to report.
+fn try_connect(cfg: &Config, path: &Path, deadline: Instant) -> io::Result<Option<Box<dyn Link>>> {
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
+                io::ErrorKind::NotFound,
                 format!(
-                    "{} exists and is not an ipclab flock data file; not touching it",
+                    "no server at {}: the file does not exist (start one with `ipclab serve flock`)",
                     path.display()
                 ),
             ));
         }
+        Err(e) => return Err(e),
+    };
+    // Judge what was opened, not the path.
+    let meta = file.metadata()?;
+    let not_ours = |why: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is not an ipclab flock file ({why}); not using it",
+                path.display()
+            ),
+        )
+    };
+    if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(not_ours(format!(
+            "a {:?} of uid {}",
+            meta.file_type(),
+            meta.uid()
+        )));
+    }
+    if meta.len() != FILE_LEN as u64 {
+        return Err(not_ours(format!("{} bytes", meta.len())));
+    }
+    if !held_by_other(&file, V) {
+        // Retired and already replaced, or its server was killed.
+        if renamed_since(path, &meta) {
+            return Ok(None);
+        }
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!(
+                "no server holds {} (a stale file; start one with `ipclab serve flock`)",
+                path.display()
+            ),
+        ));
+    }
+    let shared = Shared::map(file)?;
+    if shared.magic() != MAGIC {
+        return Err(not_ours("no magic number".into()));
+    }
+    let busy = || {
+        io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "busy: the flock server serves one client at a time",
+        )
+    };
+    match shared.state() {
+        FRESH => {}
+        RETIRED => return Ok(None),
+        // Claimed (or scribbled on) by a client: in use while that client
+        // holds S — unless it is a session that just ended and the server
+        // has already put a fresh file in its place; about to be replaced
+        // once it has left.
+        _ if held_by_other(&shared.file, S) && !renamed_since(path, &meta) => {
+            return Err(busy());
+        }
+        _ => return Ok(None),
+    }
+    match try_lock(&shared.file, S) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(busy()),
+        Err(e) => return Err(e),
+    }
+    let shared = Arc::new(shared);
+    let file = &shared.file;
+    let release = || {
+        for b in [S, 0, 1] {
+            unlock(file, b);
+        }
+    };
+    // The client before us may have claimed the file between our look at
+    // the state and our taking S (and left again): not ours then.
+    if shared.state() != FRESH {
+        release();
+        return Ok(None);
+    }
+    // Turn 0 is ours: locks 0 and 1. Free on a fresh file, unless someone
+    // who is not a client took them: bounded by our timeout.
+    let alive = || server_present(&shared);
+    let setup =
+        lock_wait(file, 0, deadline, alive).and_then(|()| lock_wait(file, 1, deadline, alive));
+    if let Err(e) = setup {
+        release();
+        return Err(e);
+    }
+    if !held_by_other(file, 2) {
+        // A fresh file comes with the server holding 2: this one was
+        // retired while we set up.
+        release();
+        return Ok(None);
+    }
+    shared.set_u32(H_STATE, CLAIMED);
+    Ok(Some(Box::new(TurnLink::new(
+        shared,
+        None,
+        Some(0),
+        cfg.timeout,
+        cfg.timeout,
+    ))))
+}
+
+/// Does `path` now name another file than the one `opened` describes?
+fn renamed_since(path: &Path, opened: &fs::Metadata) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) != (opened.dev(), opened.ino()))
+}
+
+/// Take V on the file now at `path`, if there is one: that the file's
+/// server is gone is proved by getting V, and a live server's name is not
+/// taken. Anything that is not our regular file is left alone.
+fn claim_name(path: &Path) -> io::Result<Option<File>> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(None);
+    }
+    runtime::check_ours(path, fs::FileType::is_file, "a data file")?;
+    // Only a file that a server of ours made is taken over.
+    if !looks_like_ours(path) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not an ipclab flock data file; not touching it",
+                path.display()
+            ),
+        ));
     }
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
-    match try_lock(&file, V) {
-        Ok(()) => Ok(file),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+    let in_use = || {
+        io::Error::new(
             io::ErrorKind::AddrInUse,
             format!(
                 "{} is already in use by a live server (pick another --name)",
                 path.display()
             ),
-        )),
-        Err(e) => Err(e),
+        )
+    };
+    match try_lock(&file, V) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(in_use()),
+        Err(e) => return Err(e),
     }
+    // A server starting at the same moment may have replaced it meanwhile.
+    if renamed_since(path, &file.metadata()?) {
+        return Err(in_use());
+    }
+    Ok(Some(file))
 }
 
 /// The size and the magic number of our data files.
 fn looks_like_ours(path: &Path) -> bool {
-    use std::io::Read;
     let Ok(mut f) = File::open(path) else {
         return false;
     };
@@ -455,54 +676,223 @@ fn looks_like_ours(path: &Path) -> bool {
         && u64::from_ne_bytes(magic) == MAGIC
 }
 
-struct FlockServer {
+/// The file a server offers at its path, and what it knows of it.
+struct Published {
     shared: Arc<Shared>,
-    _file: CreatedPath,
+    /// Removes the path when dropped, if it still names this file.
+    _path: CreatedPath,
+    /// A session was started on it: it is never offered again. (The
+    /// server's own memory: the state word in the file is a peer's to
+    /// scribble on.)
+    used: bool,
+}
+
+/// Prepare a fresh file under a temporary name — sized, mapped, V and 2
+/// held, header written — and rename it over `path`.
+fn publish(path: &Path) -> io::Result<Published> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let tmp = path.with_file_name(format!(
+        "{}.{}-{}{NEW_SUFFIX}",
+        path.file_stem().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", tmp.display())))?;
+    let prepared = (|| -> io::Result<Shared> {
+        // V for as long as we offer it; 2 while we wait for the client
+        // (the rotation's starting point).
+        try_lock(&file, V)?;
+        try_lock(&file, 2)?;
+        file.set_len(FILE_LEN as u64)?;
+        let shared = Shared::map(file.try_clone()?)?;
+        shared.set_u32(H_SERVER_PID, std::process::id());
+        shared.set_u32(H_LEN[0], 0);
+        shared.set_u32(H_LEN[1], 0);
+        shared.set_u32(H_TURN[0], NO_TURN);
+        shared.set_u32(H_TURN[1], NO_TURN);
+        shared.set_u32(H_STATE, FRESH);
+        // SAFETY: within the mapping.
+        unsafe {
+            std::ptr::write_volatile(shared.map.as_mut_ptr().add(H_MAGIC) as *mut u64, MAGIC)
+        };
+        fs::rename(&tmp, path)?;
+        Ok(shared)
+    })();
+    let shared = match prepared {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot prepare a fresh {}: {e}", path.display()),
+            ));
+        }
+    };
+    // `file` (a duplicate of shared.file) closes here; the locks belong to
+    // the open file description, which shared.file keeps.
+    drop(file);
+    let meta = shared.file.metadata()?;
+    if renamed_since(path, &meta) {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} was replaced by someone else", path.display()),
+        ));
+    }
+    let guard = CreatedPath::adopt(path.to_path_buf()).inspect_err(|_| {
+        // Not offered after all: do not leave it behind.
+        if !renamed_since(path, &meta) {
+            let _ = fs::remove_file(path);
+        }
+    })?;
+    Ok(Published {
+        shared: Arc::new(shared),
+        _path: guard,
+        used: false,
+    })
+}
+
+/// What the listener and its session share.
+struct Slot {
     path: PathBuf,
-    in_session: Arc<AtomicBool>,
-    /// The session id of the last client served: a client that lingers
-    /// after its session ended does not start another.
-    last_session: u64,
+    /// The file offered now; None once the listener is gone.
+    current: Mutex<Option<Published>>,
+    in_session: AtomicBool,
+}
+
+impl Slot {
+    /// Offer a fresh file in place of `current`, and retire the old one:
+    /// whoever still has it (a stopped or lingering client) can no longer
+    /// reach us through it.
+    fn renew(&self, current: &mut Published) -> io::Result<()> {
+        let fresh = publish(&self.path)?;
+        let old = std::mem::replace(current, fresh);
+        old.shared.set_u32(H_STATE, RETIRED);
+        // Dropping `old` closes our descriptor once the session's link has
+        // let go too: our locks on it are released, and a client waiting
+        // on one of them wakes to see RETIRED.
+        Ok(())
+    }
+}
+
+struct FlockServer {
+    slot: Arc<Slot>,
     cfg: Config,
+    /// Since when a client has held S on the current file without claiming it.
+    unclaimed_since: Option<Instant>,
+    /// The last renewal error said (said once, not every tick).
+    reported: Option<String>,
+}
+
+impl FlockServer {
+    fn renew(&mut self, current: &mut Published) {
+        self.unclaimed_since = None;
+        match self.slot.renew(current) {
+            Ok(()) => {
+                if self.reported.take().is_some() {
+                    eprintln!("ipclab: flock: a fresh session file is offered again");
+                }
+            }
+            Err(e) => {
+                let said = e.to_string();
+                if self.reported.as_deref() != Some(&said) {
+                    eprintln!("ipclab: flock: {said}; no new client until it works (retrying)");
+                    self.reported = Some(said);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FlockServer {
+    /// Remove the path now, even while a session still runs on its own
+    /// thread (it holds the slot): no fresh file is offered after this.
+    fn drop(&mut self) {
+        let taken = self
+            .slot
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(last) = taken {
+            last.shared.set_u32(H_STATE, RETIRED);
+        }
+    }
 }
 
 impl Listener for FlockServer {
     fn endpoint(&self) -> String {
-        self.path.display().to_string()
+        self.slot.path.display().to_string()
     }
 
-    /// A client is there when it holds S; checked once per call (the
-    /// server loop calls every 100 ms) — see the module doc.
+    /// A client is there when it holds S on the current file and has
+    /// claimed it; checked once per call (the server loop calls every
+    /// 100 ms) — see the module doc.
     fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>> {
-        let session = self.shared.u64_at(H_SESSION);
-        if self.in_session.load(Ordering::SeqCst)
-            || session == 0
-            || session == self.last_session
-            || !held_by_other(&self.shared.file, S)
-        {
-            std::thread::sleep(wait);
-            return Ok(None);
+        if !self.slot.in_session.load(Ordering::SeqCst) {
+            let slot = Arc::clone(&self.slot);
+            let mut guard = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(current) = guard.as_mut() else {
+                return Ok(None);
+            };
+            let state = current.shared.state();
+            let s_held = held_by_other(&current.shared.file, S);
+            if current.used
+                || !matches!(state, FRESH | CLAIMED)
+                || (state == CLAIMED && !s_held)
+                || current.shared.check_intact().is_err()
+            {
+                // Used up: by a session, by a client that claimed it and
+                // left before we looked, or by someone scribbling on it.
+                self.renew(current);
+            } else if state == CLAIMED {
+                current.used = true;
+                self.unclaimed_since = None;
+                self.slot.in_session.store(true, Ordering::SeqCst);
+                return Ok(Some(Box::new(TurnLink::new(
+                    Arc::clone(&current.shared),
+                    Some(Arc::clone(&self.slot)),
+                    None,
+                    self.cfg.idle_timeout,
+                    self.cfg.timeout,
+                ))));
+            } else if s_held {
+                // A client is setting up; one that stops half-way must
+                // not keep the slot.
+                let since = *self.unclaimed_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > self.cfg.timeout {
+                    eprintln!(
+                        "ipclab: flock: a client took the slot and did not finish setting up \
+                         within {:?}; offering a fresh file",
+                        self.cfg.timeout
+                    );
+                    self.renew(current);
+                }
+            } else {
+                self.unclaimed_since = None;
+            }
         }
-        self.last_session = session;
-        self.in_session.store(true, Ordering::SeqCst);
-        Ok(Some(Box::new(TurnLink::new(
-            Arc::clone(&self.shared),
-            true,
-            None,
-            self.cfg.idle_timeout,
-            self.cfg.timeout,
-            Some(Arc::clone(&self.in_session)),
-            session,
-        ))))
+        std::thread::sleep(wait);
+        Ok(None)
     }
 }
 
 /// One party of the turn-taking.
 struct TurnLink {
     shared: Arc<Shared>,
-    server_side: bool,
-    /// The turn we own (None: the server before its first turn).
+    /// The server's slot (None on the client side).
+    slot: Option<Arc<Slot>>,
+    /// The turn we own or last owned (None: the server before its first turn).
     turn: Option<i64>,
+    /// We hold the locks of `turn` now. False after a failed wait: the
+    /// session cannot go on.
+    owned: bool,
     read_timeout: Duration,
     write_timeout: Duration,
     /// Incoming chunk of the current turn: length and how much is read.
@@ -512,24 +902,20 @@ struct TurnLink {
     stash: Vec<u8>,
     stash_off: usize,
     eof: bool,
-    in_session: Option<Arc<AtomicBool>>,
-    /// The session id of this conversation (see `H_SESSION`).
-    session: u64,
 }
 
 impl TurnLink {
     fn new(
         shared: Arc<Shared>,
-        server_side: bool,
+        slot: Option<Arc<Slot>>,
         turn: Option<i64>,
         read_timeout: Duration,
         write_timeout: Duration,
-        in_session: Option<Arc<AtomicBool>>,
-        session: u64,
     ) -> Self {
         TurnLink {
             shared,
-            server_side,
+            slot,
+            owned: turn.is_some(),
             turn,
             read_timeout,
             write_timeout,
@@ -538,84 +924,150 @@ impl TurnLink {
             stash: Vec::new(),
             stash_off: 0,
             eof: false,
-            in_session,
-            session,
         }
     }
 
+    fn server_side(&self) -> bool {
+        self.slot.is_some()
+    }
     fn rx(&self) -> usize {
-        if self.server_side { 0 } else { 1 }
+        if self.server_side() { 0 } else { 1 }
     }
     fn tx(&self) -> usize {
         1 - self.rx()
     }
-
-    fn peer_present(&self) -> io::Result<()> {
-        present(&self.shared, self.server_side, self.session)
+    fn peer(&self) -> &'static str {
+        if self.server_side() {
+            "client"
+        } else {
+            "server"
+        }
     }
 }
 
-/// Is the peer of a conversation still there? The server is, while it
-/// holds V. The client is while it holds S *and* the session id is still
-/// its own: a new client that took S after this one died zeroes it.
-fn present(shared: &Shared, server_side: bool, session: u64) -> io::Result<()> {
-    let (byte, who) = if server_side {
-        (S, "client")
-    } else {
-        (V, "server")
-    };
-    if held_by_other(&shared.file, byte) && (!server_side || shared.u64_at(H_SESSION) == session) {
+/// The client is there while it holds S (no other client takes S on a file
+/// that is not fresh).
+fn client_present(shared: &Shared) -> io::Result<()> {
+    if held_by_other(&shared.file, S) {
         Ok(())
     } else {
         Err(io::Error::new(
             io::ErrorKind::BrokenPipe,
-            format!("the {who} is gone"),
+            "the client is gone",
+        ))
+    }
+}
+
+/// The server is there while it holds V and has not retired the file.
+fn server_present(shared: &Shared) -> io::Result<()> {
+    if shared.state() == RETIRED {
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the flock server ended this session (it waits --idle-timeout for a request, \
+             or the session broke); connect again",
+        ))
+    } else if held_by_other(&shared.file, V) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the server is gone",
         ))
     }
 }
 
 impl TurnLink {
+    fn peer_present(&self) -> io::Result<()> {
+        if self.server_side() {
+            client_present(&self.shared)
+        } else {
+            server_present(&self.shared)
+        }
+    }
+
     /// End our turn having put `out_len` bytes (or END) in our area; wait
     /// for our next turn and take in what the peer left.
-    fn pass_turn(&mut self, out_len: u32, timeout: Duration) -> io::Result<()> {
+    fn pass_turn(&mut self, out_len: u32, timeout: impl Into<Deadline>) -> io::Result<()> {
+        if self.turn.is_some() && !self.owned {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier wait for the peer failed: this session cannot go on",
+            ));
+        }
         // Save unread incoming bytes: the peer reuses its area next turn.
         if self.in_off < self.in_len {
             let area = self.shared.area(self.rx());
-            // SAFETY: within the area; we own the turn.
+            // SAFETY: in_len ≤ CAPACITY (checked in take_turn): within the
+            // area.
             let rest = unsafe {
                 std::slice::from_raw_parts(area.add(self.in_off), self.in_len - self.in_off)
             };
             self.stash.extend_from_slice(rest);
             self.in_off = self.in_len;
+            self.shared.check_intact()?;
         }
-        let f = &self.shared.file;
-        self.shared.set_u32(H_LEN[self.tx()], out_len);
         let next = match self.turn {
             Some(t) => {
-                unlock(f, (2 * t).rem_euclid(3));
+                self.shared.set_u32(H_LEN[self.tx()], out_len);
+                self.shared.set_u32(H_TURN[self.tx()], t as u32);
+                unlock(&self.shared.file, (2 * t).rem_euclid(3));
                 t + 2
             }
             None => 1, // the server's first turn: wait for lock 0
         };
-        let shared = Arc::clone(&self.shared);
-        let (server_side, session) = (self.server_side, self.session);
-        let alive = move || present(&shared, server_side, session);
+        self.owned = false;
+        let shared = &self.shared;
+        let server_side = self.server_side();
+        let alive = || {
+            if server_side {
+                client_present(shared)
+            } else {
+                server_present(shared)
+            }
+        };
         // Ending turn t we wait for lock 2t+2 mod 3 = 2·next − 2 mod 3.
-        lock_wait(
-            f,
-            (2 * next - 2).rem_euclid(3),
-            Instant::now() + timeout,
-            alive,
-        )?;
+        lock_wait(&shared.file, (2 * next - 2).rem_euclid(3), timeout, alive)?;
         self.turn = Some(next);
-        // We may have the lock because the peer died and the kernel let go.
-        self.peer_present()?;
+        self.owned = true;
+        self.take_turn(next)
+    }
+
+    /// Check what the peer left for turn `next` before using any of it.
+    fn take_turn(&mut self, next: i64) -> io::Result<()> {
         let len = self.shared.u32_at(H_LEN[self.rx()]);
+        let ended = self.shared.u32_at(H_TURN[self.rx()]);
+        self.shared.check_intact()?;
+        if !self.server_side() && self.shared.state() == RETIRED {
+            return server_present(&self.shared);
+        }
+        if ended != (next - 1) as u32 {
+            // The lock came without the peer ending its turn: it died in
+            // it (its presence lock is free then), or it broke the order.
+            self.peer_present()?;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the {} broke the turn order (it marked turn {ended}, turn {} was due); \
+                     ending the session",
+                    self.peer(),
+                    next - 1
+                ),
+            ));
+        }
         if len == END {
             self.eof = true;
             self.in_len = 0;
+        } else if len as usize > CAPACITY {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the {} announced a chunk of {len} bytes in a {CAPACITY}-byte area; \
+                     ending the session",
+                    self.peer()
+                ),
+            ));
         } else {
-            self.in_len = (len as usize).min(CAPACITY);
+            self.in_len = len as usize;
         }
         self.in_off = 0;
         Ok(())
@@ -624,7 +1076,10 @@ impl TurnLink {
 
 impl Read for TurnLink {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let deadline = Instant::now() + self.read_timeout;
+        // Empty turns count against one read timeout together, so two
+        // parties that both wait to read end in an error, not a loop. The
+        // clock is read only when a turn has to be passed.
+        let mut deadline = None;
         loop {
             if self.stash_off < self.stash.len() {
                 let n = buf.len().min(self.stash.len() - self.stash_off);
@@ -638,8 +1093,8 @@ impl Read for TurnLink {
             }
             if self.in_off < self.in_len {
                 let n = buf.len().min(self.in_len - self.in_off);
-                // SAFETY: within the area; the peer does not write it while
-                // we own the turn.
+                // SAFETY: in_off < in_len ≤ CAPACITY: within the area; the
+                // peer does not write it while we own the turn.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         self.shared.area(self.rx()).add(self.in_off),
@@ -647,15 +1102,15 @@ impl Read for TurnLink {
                         n,
                     )
                 };
+                self.shared.check_intact()?;
                 self.in_off += n;
                 return Ok(n);
             }
             if self.eof {
                 return Ok(0);
             }
-            // Nothing to read: give the peer a turn (sending nothing). Empty
-            // turns count against one read timeout together, so two parties
-            // that both wait to read end in an error, not a loop.
+            // Nothing to read: give the peer a turn (sending nothing).
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.read_timeout);
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(
@@ -663,7 +1118,7 @@ impl Read for TurnLink {
                     "timed out waiting for the peer to send (only empty turns came)",
                 ));
             }
-            self.pass_turn(0, left)?;
+            self.pass_turn(0, deadline)?;
         }
     }
 }
@@ -676,22 +1131,33 @@ impl Write for TurnLink {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if self.turn.is_none() {
             // The server must first be given a turn by its client.
-            self.pass_turn(0, self.write_timeout)?;
+            self.pass_turn(0, Deadline::After(self.write_timeout))?;
+        }
+        if !self.owned {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier wait for the peer failed: this session cannot go on",
+            ));
         }
         let area = self.shared.area(self.tx());
         let n = super::gather(bufs, CAPACITY, |at, p| {
-            // SAFETY: our own area, during our turn.
+            // SAFETY: our own area, during our turn; gather keeps
+            // at + p.len() ≤ CAPACITY.
             unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), area.add(at), p.len()) }
         });
         if n == 0 {
             return Ok(0);
         }
+        self.shared.check_intact()?;
         // Ending a turn also waits for the next one, which comes when the
         // peer next acts: for a server that has just replied, that is the
         // client's next request, so the wait is bounded by the read
         // (idle) timeout, not the write timeout — an idle client must not
         // end its session after `--timeout`.
-        self.pass_turn(n as u32, self.read_timeout.max(self.write_timeout))?;
+        self.pass_turn(
+            n as u32,
+            Deadline::After(self.read_timeout.max(self.write_timeout)),
+        )?;
         Ok(n)
     }
 
@@ -703,34 +1169,30 @@ impl Write for TurnLink {
 impl Drop for TurnLink {
     fn drop(&mut self) {
         let f = &self.shared.file;
-        if !self.server_side {
-            // End of stream for the server, then let go of everything: the
-            // server's wait ends, and it sees END (or S free).
-            if self.turn.is_some() {
-                self.shared.set_u32(H_LEN[self.tx()], END);
-            }
-            for b in [0, 1, 2, S] {
+        // End of stream for the peer, if the turn is ours to end.
+        if let (Some(t), true) = (self.turn, self.owned) {
+            self.shared.set_u32(H_LEN[self.tx()], END);
+            self.shared.set_u32(H_TURN[self.tx()], t as u32);
+        }
+        let Some(slot) = &self.slot else {
+            // Client: let go of everything, S first (a server that wakes
+            // without an END sees that we left). The file is used up.
+            for b in [S, 0, 1, 2] {
                 unlock(f, b);
             }
             return;
-        }
-        // Server: end the client's stream, and get back to the idle state
-        // (holding 2 only) — bounded by the idle timeout. The client may
-        // linger; a new one is recognised by its new session id.
-        if let Some(t) = self.turn {
-            self.shared.set_u32(H_LEN[self.tx()], END);
-            for b in [(2 * t).rem_euclid(3), (2 * t + 1).rem_euclid(3)] {
-                if b != 2 {
-                    unlock(f, b);
-                }
+        };
+        // Server: this file is done with. Offer a fresh one now; if that
+        // fails, the accept loop retries it (the file is marked used).
+        self.shared.set_u32(H_STATE, RETIRED);
+        {
+            let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(current) = current.as_mut()
+                && Arc::ptr_eq(&current.shared, &self.shared)
+            {
+                let _ = slot.renew(current);
             }
         }
-        let deadline = Instant::now() + self.read_timeout;
-        let idle = lock_wait(f, 2, deadline, || Ok(()));
-        if idle.is_ok()
-            && let Some(flag) = &self.in_session
-        {
-            flag.store(false, Ordering::SeqCst);
-        }
+        slot.in_session.store(false, Ordering::SeqCst);
     }
 }

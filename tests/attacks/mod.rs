@@ -8,6 +8,8 @@
 //! line to [`for_transport`].
 
 mod eventfd;
+mod flock;
+
 use crate::common::Env;
 use ipclab::process::ServerProcess;
 
@@ -24,6 +26,7 @@ pub struct Attack {
 pub fn for_transport(transport: &str) -> Vec<Attack> {
     match transport {
         "eventfd" => eventfd::attacks(),
+        "flock" => flock::attacks(),
         _ => Vec::new(),
     }
 }
