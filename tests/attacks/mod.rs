@@ -8,6 +8,7 @@
 //! line to [`for_transport`].
 
 mod fifo;
+mod posix_mq;
 
 use crate::common::Env;
 use ipclab::process::ServerProcess;
@@ -25,6 +26,7 @@ pub struct Attack {
 pub fn for_transport(transport: &str) -> Vec<Attack> {
     match transport {
         "fifo" => fifo::attacks(),
+        "posix-mq" => posix_mq::attacks(),
         _ => Vec::new(),
     }
 }
