@@ -9,6 +9,7 @@
 
 mod fifo;
 mod posix_mq;
+mod unix_dgram;
 
 use crate::common::Env;
 use ipclab::process::ServerProcess;
@@ -27,6 +28,7 @@ pub fn for_transport(transport: &str) -> Vec<Attack> {
     match transport {
         "fifo" => fifo::attacks(),
         "posix-mq" => posix_mq::attacks(),
+        "unix-dgram" => unix_dgram::attacks(),
         _ => Vec::new(),
     }
 }

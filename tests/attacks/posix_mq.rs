@@ -249,7 +249,9 @@ fn queues_of_another_user(env: &Env, server: &ServerProcess) {
 /// before any WELCOME, and the server's memory does not follow.
 fn queues_with_the_wrong_attributes(env: &Env, server: &ServerProcess) {
     let m = open_meeting(env);
-    let cases: [(&str, (i64, i64), (i64, i64)); 4] = [
+    // (what, request queue (maxmsg, msgsize), reply queue (maxmsg, msgsize))
+    type Sizes = (i64, i64);
+    let cases: [(&str, Sizes, Sizes); 4] = [
         ("a 1 MiB request queue", (1, 1 << 20), (MAXMSG, MSGSIZE)),
         ("a 16-byte reply queue", (MAXMSG, MSGSIZE), (MAXMSG, 16)),
         (
