@@ -44,6 +44,12 @@
 //! ```text
 //!   HELLO: | pid u32 | connection u32 | kind u8 = 1 | 0 | length u16 = 0 |
 //! ```
+//! A pipe keeps no write boundaries, though: a writer that is not an
+//! ipclab client can leave a fragment (five bytes, say), and the next
+//! client's HELLO then follows it in the same read. So the server does not
+//! cut the stream into 12-byte packets blindly: where 12 bytes do not look
+//! like a HELLO, or name no pair it can open, it moves on by one byte, and
+//! finds the next real HELLO wherever it begins.
 //!
 //! # Opening without hanging
 //! `open(2)` of a FIFO blocks until the other side opens it too — a client
@@ -62,6 +68,19 @@
 //!   client killed from here on leaves nothing), and writes one WELCOME byte
 //!   into the reply FIFO; the client, which waited for it in `poll(2)`,
 //!   closes its placeholder.
+//!
+//! # Trusting a HELLO
+//! Anyone who can write the well-known FIFO can name any path in a HELLO,
+//! so the server opens only what its client must have made: both names are
+//! first looked at with `lstat(2)` (a FIFO, not a symbolic link, of the
+//! server's own user; anything else is not opened at all), then opened
+//! with `O_NOFOLLOW`, and the opened descriptors are checked again with
+//! `fstat(2)` — the same file as looked at, still a FIFO of ours — before
+//! any name is removed. Nothing on the accept path waits: the opens are
+//! non-blocking, and the WELCOME is one non-blocking write into a FIFO that
+//! a real client has just made and that only the server writes, so a reply
+//! FIFO that is already full is refused at once instead of holding up
+//! every other client for `--timeout`.
 //!
 //! # End of a session
 //! Exactly as for a pipe: `read` returns end of file once every write end
@@ -393,25 +412,38 @@ impl Listener for FifoServer {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
+        // HELLOs are written whole, but a pipe keeps no write boundaries:
+        // bytes that are no HELLO (a fragment, garbage) are skipped one at
+        // a time, so the next real HELLO is found wherever it begins.
         let mut at = 0;
+        let mut skipped = 0;
         while self.len - at >= HEADER {
             let h = &self.buf[at..at + HEADER];
             let pid = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
             let conn = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
             if h[8] != HELLO || h[9..12] != [0, 0, 0] {
-                // Only our uid can write here (mode 0600), but do not trust
-                // it: a corrupt stream cannot be resynchronised, so drop it.
-                eprintln!(
-                    "ipclab: fifo: a malformed packet on the well-known FIFO; discarding buffered input"
-                );
-                at = self.len;
-                break;
+                at += 1;
+                skipped += 1;
+                continue;
             }
-            at += HEADER;
             match self.open_session(pid, conn) {
-                Ok(link) => self.ready.push_back(link),
-                Err(e) => eprintln!("ipclab: fifo: no session for client pid {pid} ({conn}): {e}"),
+                Ok(link) => {
+                    self.ready.push_back(link);
+                    at += HEADER;
+                }
+                Err(e) => {
+                    eprintln!("ipclab: fifo: no session for client pid {pid} ({conn}): {e}");
+                    // Perhaps no HELLO at all, but twelve bytes that only
+                    // looked like one: a real HELLO may begin inside them.
+                    at += 1;
+                }
             }
+        }
+        if skipped > 0 {
+            eprintln!(
+                "ipclab: fifo: skipped {skipped} byte(s) on the well-known FIFO that were no HELLO \
+                 (only `ipclab client fifo` speaks this handshake)"
+            );
         }
         self.buf.copy_within(at..self.len, 0);
         self.len -= at;
@@ -420,40 +452,86 @@ impl Listener for FifoServer {
 }
 
 impl FifoServer {
+    /// Open the pair a HELLO names, if it is one a client of ours made
+    /// (see "Trusting a HELLO"); nothing here waits.
     fn open_session(&self, pid: u32, conn: u32) -> io::Result<Box<dyn Link>> {
         let req_path = private_path(&self.cfg, pid, conn, ".req");
         let reply_path = private_path(&self.cfg, pid, conn, ".reply");
-        let gone = |e: Errno| match e {
+        let gone = || {
             // No reader on its reply FIFO, or no FIFOs at all: the client
             // left (or never made them) before we got to it.
-            Errno::ENXIO | Errno::ENOENT => io::Error::new(
+            io::Error::new(
                 io::ErrorKind::NotFound,
                 "its FIFOs are gone or closed: it left before its session began",
-            ),
-            e => e.into(),
+            )
         };
-        let tx = open_fifo(&reply_path, OFlag::O_WRONLY).map_err(gone)?;
-        let rx = open_fifo(&req_path, OFlag::O_RDONLY).map_err(gone)?;
-        for (fd, path) in [(&tx, &reply_path), (&rx, &req_path)] {
-            let opened = File::from(fd.try_clone()?).metadata()?;
-            if !opened.file_type().is_fifo() || opened.uid() != getuid().as_raw() {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{} is not a FIFO of ours", path.display()),
-                ));
+        let not_ours = |path: &Path| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is not a FIFO of this server's user: not opened",
+                    path.display()
+                ),
+            )
+        };
+        // Looked at before anything is opened: a FIFO of ours, by name.
+        let mut seen = Vec::with_capacity(2);
+        for path in [&reply_path, &req_path] {
+            let m = match fs::symlink_metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(gone()),
+                Err(e) => return Err(e),
+            };
+            if !is_our_fifo(&m) {
+                return Err(not_ours(path));
             }
-            // Both ends are open now, so the name has done its job: remove
-            // it, and a client killed from here on leaves nothing behind.
-            // (The same "unlink after open" as posix-mq's connection
-            // queues.)
-            if let Ok(m) = fs::symlink_metadata(path)
-                && (m.dev(), m.ino()) == (opened.dev(), opened.ino())
+            seen.push(m);
+        }
+        let open = |path: &Path, flags| {
+            open_fifo(path, flags).map_err(|e| match e {
+                Errno::ENXIO | Errno::ENOENT => gone(),
+                e => e.into(),
+            })
+        };
+        let tx = open(&reply_path, OFlag::O_WRONLY)?;
+        let rx = open(&req_path, OFlag::O_RDONLY)?;
+        // The proof is the opened descriptor: the file looked at, still a
+        // FIFO of ours (not one swapped in since).
+        for ((fd, path), before) in [(&tx, &reply_path), (&rx, &req_path)]
+            .into_iter()
+            .zip(&seen)
+        {
+            let opened = File::from(fd.try_clone()?).metadata()?;
+            if !is_our_fifo(&opened) || (opened.dev(), opened.ino()) != (before.dev(), before.ino())
+            {
+                return Err(not_ours(path));
+            }
+        }
+        // Both ends are open now, so the names have done their job: remove
+        // them, and a client killed from here on leaves nothing behind.
+        // (The same "unlink after open" as posix-mq's connection queues.)
+        for (path, m) in [&reply_path, &req_path].into_iter().zip(&seen) {
+            if let Ok(now) = fs::symlink_metadata(path)
+                && (now.dev(), now.ino()) == (m.dev(), m.ino())
             {
                 let _ = fs::remove_file(path);
             }
         }
+        // One non-blocking write: a real client's reply FIFO is new and
+        // empty, so a full one is no client's, and waiting for room would
+        // hold up every other client.
         let mut tx = File::from(tx);
-        write_within(&mut tx, self.cfg.timeout, |f| f.write(&[WELCOME]))?;
+        match tx.write(&[WELCOME]) {
+            Ok(1) => {}
+            Ok(_) => return Err(io::Error::other("its reply FIFO took no WELCOME")),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "its reply FIFO was full before its session began: no client of ours made it",
+                ));
+            }
+            Err(e) => return Err(e),
+        }
         set_blocking(&rx)?;
         Ok(Box::new(FdLink::new(
             rx,
@@ -462,6 +540,11 @@ impl FifoServer {
             self.cfg.timeout,
         )?))
     }
+}
+
+/// A FIFO (not a symbolic link) of the server's own user.
+fn is_our_fifo(m: &fs::Metadata) -> bool {
+    m.file_type().is_fifo() && m.uid() == getuid().as_raw()
 }
 
 #[cfg(test)]

@@ -40,6 +40,19 @@
 //! them within a second, by the dead pid in their names
 //! ([`Listener::sweep`]), and so does `ipclab clean`.
 //!
+//! **Trusting a HELLO.** Anyone who can send to the meeting queue can
+//! name any pid in a HELLO, and queue names are global: any user may
+//! create a queue under ipclab's names. So the server takes the pair it
+//! opens as its client's only when the opened descriptors prove it:
+//! `fstat(2)` says the server's own user owns both queues, and
+//! `mq_getattr(3)` gives them exactly the attributes a client creates
+//! (`maxmsg` 2, `msgsize` 8 KiB) — a reply queue of smaller messages could
+//! carry no reply, a request queue of larger ones no request. The WELCOME
+//! is sent without waiting (`O_NONBLOCK`, then `mq_setattr(3)` makes the
+//! descriptor blocking again): a client's new reply queue is empty, so a
+//! full one is no client's, and waiting for room in it would hold up
+//! every other client for `--timeout`.
+//!
 //! A message of zero bytes means end of stream (the client left, or the
 //! session ended). A protocol message larger than `msgsize` — the 1 MiB
 //! echo — is sent in chunks, which the receiver's framing joins.
@@ -78,7 +91,7 @@
 
 use std::ffi::CString;
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -518,18 +531,45 @@ impl Listener for MqServer {
         }
         let pid = u32::from_le_bytes(hello[..4].try_into().expect("4 bytes"));
         let conn = u32::from_le_bytes(hello[4..].try_into().expect("4 bytes"));
+        // No process has pid 0 or one above i32::MAX (kill(2) would take
+        // them for a group, or for every process).
+        let Ok(peer @ 1..) = i32::try_from(pid) else {
+            return Ok(None);
+        };
         let (req, rep) = conn_names(&self.cfg, pid, conn);
         // A client that died (or a forged HELLO) leaves nothing to open.
         let (Ok(rx), Ok(tx)) = (
             Mq::open(&req, MQ_OFlag::O_RDONLY),
-            Mq::open(&rep, MQ_OFlag::O_WRONLY),
+            Mq::open(&rep, MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK),
         ) else {
             return Ok(None);
         };
+        // See "Trusting a HELLO": the descriptors, not the names.
+        if let Err(why) = client_made(&rx).and_then(|()| client_made(&tx)) {
+            eprintln!("ipclab: posix-mq: no session for client pid {pid} ({conn}): {why}");
+            return Ok(None);
+        }
+        let q = tx.0.as_ref().expect("open");
+        match nix::mqueue::mq_send(q, WELCOME, 0) {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!(
+                    "ipclab: posix-mq: no session for client pid {pid} ({conn}): {}",
+                    if e == Errno::EAGAIN {
+                        "its reply queue was full before its session began: no client of ours made it"
+                            .to_string()
+                    } else {
+                        format!("the WELCOME could not be sent: {e}")
+                    }
+                );
+                return Ok(None);
+            }
+        }
+        nix::mqueue::mq_remove_nonblock(q)?;
         let link = MqLink {
             tx,
             rx,
-            peer: pid as i32,
+            peer,
             who: "client",
             read_timeout: self.cfg.idle_timeout,
             write_timeout: self.cfg.timeout,
@@ -538,16 +578,30 @@ impl Listener for MqServer {
             roff: 0,
             sbuf: vec![0; CONN_MSGSIZE as usize],
         };
-        let alive = peer_alive(link.peer, "client");
-        if link
-            .tx
-            .send(WELCOME, self.cfg.timeout, "sending WELCOME", &alive)
-            .is_err()
-        {
-            return Ok(None);
-        }
         Ok(Some(Box::new(link)))
     }
+}
+
+/// Whether an opened connection queue is one a client of ours created for
+/// this purpose: owned by our user, with a client's attributes.
+fn client_made(q: &Mq) -> Result<(), String> {
+    let q = q.0.as_ref().expect("open");
+    let st = nix::sys::stat::fstat(q.as_fd()).map_err(|e| format!("fstat: {e}"))?;
+    if st.st_uid != getuid().as_raw() {
+        return Err(format!(
+            "its queue belongs to uid {}, not to this server's user",
+            st.st_uid
+        ));
+    }
+    let attr = nix::mqueue::mq_getattr(q).map_err(|e| format!("mq_getattr: {e}"))?;
+    if (attr.maxmsg(), attr.msgsize()) != (CONN_MAXMSG, CONN_MSGSIZE) {
+        return Err(format!(
+            "its queue holds {} messages of {} bytes, not ipclab's {CONN_MAXMSG} of {CONN_MSGSIZE}",
+            attr.maxmsg(),
+            attr.msgsize()
+        ));
+    }
+    Ok(())
 }
 
 /// One side of a connection: receives on `rx`, sends on `tx`.

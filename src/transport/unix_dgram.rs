@@ -33,9 +33,21 @@
 //!            connect("@1a2b3")
 //!   write() ----------- "welcome" ------------->  recvmsg() (sender "@4c5d6", server pid)
 //!                                                 connect("@4c5d6")
+//!   poll() <----------- "ready" ----------------  write()
+//!   (now a session: a thread of its own)
 //!   read()  <---------- request datagram -------  write()
 //!   write() ----------- reply datagram -------->  read()
 //! ```
+//! * **Half-open sessions.** A greeting costs its sender one datagram; a
+//!   session costs the server a socket, and a thread that waits up to the
+//!   idle timeout. So a greeted session is not a session yet: it waits on
+//!   the accept loop itself (one more descriptor in its `poll(2)`, no
+//!   thread) for the client's "ready", which a client sends as soon as it
+//!   has connected its socket to the session's. Only then does it become a
+//!   session with a thread. One that is not ready within `--timeout` (a
+//!   forged greeting, a client that greeted and closed) is closed; at most
+//!   `--max-clients` wait at once, the oldest closed first. This is the
+//!   third step of TCP's handshake, and a SYN queue, for the same reason.
 //! * **Addresses.** A client needs an address for the replies. Binding to
 //!   an empty (`sizeof(sa_family_t)`-long) address asks the kernel to
 //!   *autobind*: it picks a free name in the **abstract namespace** (shown
@@ -89,12 +101,14 @@
 //! `connect(2)`, `read(2)`, `write(2)`, `writev(2)`, `kill(2)`,
 //! `unlink(2)`.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrLike, UnixAddr,
     sockopt,
@@ -111,6 +125,8 @@ const SUFFIX: &str = ".dgram";
 /// The client's greeting, and the server's answer from the session socket.
 const HELLO: &[u8] = b"ipclab unix-dgram hello 1";
 const WELCOME: &[u8] = b"ipclab unix-dgram welcome 1";
+/// The client's first datagram to its session socket: it has connected.
+const READY: &[u8] = b"ipclab unix-dgram ready 1";
 /// The answer to a datagram that is not a greeting.
 const NOT_GREETED: &str = "this ipclab unix-dgram server starts a session for each greeting and answers from that session's socket; talk to it with `ipclab client unix-dgram`";
 
@@ -149,6 +165,7 @@ impl Transport for UnixDgram {
             file,
             cfg: cfg.clone(),
             buf: vec![0; PACKET],
+            half_open: VecDeque::new(),
         }))
     }
 
@@ -177,12 +194,16 @@ impl Transport for UnixDgram {
             }
         }
         let (pid, session) = welcome(&fd, &path, cfg.timeout)?;
-        socket::connect(fd.as_raw_fd(), &session).map_err(|e| {
+        let closed = |e: Errno| {
             io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 format!("the server's session socket closed before the session began: {e}"),
             )
-        })?;
+        };
+        socket::connect(fd.as_raw_fd(), &session).map_err(closed)?;
+        // The third step: the server makes this a session (a thread of its
+        // own) only now (see "Half-open sessions").
+        socket::send(fd.as_raw_fd(), READY, MsgFlags::empty()).map_err(closed)?;
         // Credentials are no longer needed; without them no datagram asks
         // the kernel for any.
         socket::setsockopt(&fd, sockopt::PassCred, &false)?;
@@ -305,6 +326,18 @@ struct DgramServer {
     /// Where a greeting is received (large enough to see any datagram
     /// whole, so a long one is not taken for a greeting).
     buf: Vec<u8>,
+    /// Greeted and welcomed, not yet ready, oldest first (see "Half-open
+    /// sessions"): no thread, at most `max_clients`, each for at most
+    /// `--timeout`.
+    half_open: VecDeque<HalfOpen>,
+}
+
+/// A session socket whose client has not said "ready" yet.
+struct HalfOpen {
+    sock: OwnedFd,
+    /// The greeting's sender, by its credentials.
+    pid: i32,
+    since: Instant,
 }
 
 impl DgramServer {
@@ -326,10 +359,81 @@ impl Listener for DgramServer {
         self.file.path().display().to_string()
     }
 
+    /// Wait for a greeting or for a half-open session's "ready"; a session
+    /// is returned only once its client is ready.
     fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>> {
-        if !runtime::wait_readable(&self.sock, wait)? {
-            return Ok(None);
+        // Half-open sessions older than --timeout are closed.
+        let now = Instant::now();
+        while let Some(h) = self.half_open.front()
+            && now.duration_since(h.since) >= self.cfg.timeout
+        {
+            self.half_open.pop_front();
         }
+        let wait = match self.half_open.front() {
+            Some(h) => wait.min(self.cfg.timeout.saturating_sub(now.duration_since(h.since))),
+            None => wait,
+        };
+        let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let mut fds: Vec<PollFd> = std::iter::once(&self.sock)
+            .chain(self.half_open.iter().map(|h| &h.sock))
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) | Err(Errno::EINTR) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let readable: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        if let Some(i) = readable[1..].iter().position(|&r| r) {
+            let h = self.half_open.remove(i).expect("polled");
+            return self.ready(h);
+        }
+        self.greeting()
+    }
+}
+
+impl DgramServer {
+    /// A half-open session's first datagram: "ready" makes it a session;
+    /// anything else (an end-of-stream marker, a request that skipped the
+    /// handshake) closes it.
+    fn ready(&self, h: HalfOpen) -> io::Result<Option<Box<dyn Link>>> {
+        let mut first = [0u8; 64];
+        // MSG_TRUNC: the datagram's real length, so a long one that begins
+        // with "ready" is not taken for it.
+        match socket::recv(
+            h.sock.as_raw_fd(),
+            &mut first,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+        ) {
+            Ok(n) if n <= first.len() && first[..n] == *READY => {}
+            Ok(_) => {
+                eprintln!(
+                    "ipclab: a client (pid {}) did not complete its greeting: closing its session",
+                    h.pid
+                );
+                return Ok(None);
+            }
+            Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNREFUSED) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(Box::new(PacketLink::new(
+            h.sock,
+            self.cfg.idle_timeout,
+            self.cfg.timeout,
+            Some(h.pid),
+        )?)))
+    }
+
+    /// A datagram on the bound socket: a greeting gets a half-open session
+    /// and its welcome; anything else an error line, or nothing.
+    fn greeting(&mut self) -> io::Result<Option<Box<dyn Link>>> {
         let Some(r) = receive(&self.sock, &mut self.buf)? else {
             return Ok(None);
         };
@@ -369,12 +473,17 @@ impl Listener for DgramServer {
                 return Ok(None);
             }
         }
-        Ok(Some(Box::new(PacketLink::new(
-            session,
-            self.cfg.idle_timeout,
-            self.cfg.timeout,
-            Some(pid),
-        )?)))
+        if self.half_open.len() >= self.cfg.max_clients.max(1) {
+            // Full: the oldest goes (a real client is ready within a round
+            // trip of its welcome; the oldest is the least likely one).
+            self.half_open.pop_front();
+        }
+        self.half_open.push_back(HalfOpen {
+            sock: session,
+            pid,
+            since: Instant::now(),
+        });
+        Ok(None)
     }
 }
 

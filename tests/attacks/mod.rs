@@ -9,6 +9,9 @@
 
 mod eventfd;
 mod flock;
+mod fifo;
+mod posix_mq;
+mod unix_dgram;
 
 use crate::common::Env;
 use ipclab::process::ServerProcess;
@@ -27,6 +30,9 @@ pub fn for_transport(transport: &str) -> Vec<Attack> {
     match transport {
         "eventfd" => eventfd::attacks(),
         "flock" => flock::attacks(),
+        "fifo" => fifo::attacks(),
+        "posix-mq" => posix_mq::attacks(),
+        "unix-dgram" => unix_dgram::attacks(),
         _ => Vec::new(),
     }
 }
