@@ -411,7 +411,8 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
 /// One side's view of a session: its region and who is at the other end.
 pub(crate) struct Session {
     pub region: Region,
-    /// The client's view of the meeting region, to see the server stop.
+    /// The meeting region: the client sees the server stop in it, the
+    /// server sees the client leave.
     meeting: Option<Arc<Region>>,
     pub peer: i32,
     pub server_side: bool,
@@ -423,6 +424,13 @@ impl Session {
         let gone = |why: String| Err(io::Error::new(io::ErrorKind::BrokenPipe, why));
         let peer = self.peer;
         if self.server_side {
+            let slot = self
+                .meeting
+                .as_ref()
+                .map(|m| m.common().slot.load(Ordering::SeqCst));
+            if slot == Some(peer as u32 as u64 | LEAVING) {
+                return gone(format!("the client (pid {peer}) left"));
+            }
             return if pid_alive(peer) {
                 Ok(())
             } else {
@@ -581,7 +589,7 @@ impl Meeting {
         self.claim = None;
         let session = Arc::new(Session {
             region,
-            meeting: None,
+            meeting: Some(Arc::clone(&self.meeting)),
             peer: pid,
             server_side: true,
         });
@@ -594,14 +602,17 @@ impl Meeting {
         Some((session, seat))
     }
 
-    /// Between sessions: offer a region if none is, and free a slot whose
-    /// holder left, died, or claimed it without joining within the timeout.
+    /// Offer a region if none is; between sessions, free a slot whose
+    /// holder left, died, or claimed it without joining within the timeout
+    /// (offering a fresh region: the old one was in the claimant's hands).
     fn tend(&mut self) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Also during a session: the next client's region is then ready
+        // when this session ends.
+        st.prepare_or_say();
         if st.in_session {
             return;
         }
-        st.prepare_or_say();
         let slot = &self.meeting.common().slot;
         let v = slot.load(Ordering::SeqCst);
         let abandoned = v != 0
@@ -611,6 +622,10 @@ impl Meeting {
                     .claim
                     .is_some_and(|(c, t)| c == v && t.elapsed() > self.timeout));
         if abandoned {
+            // The claimant may have mapped the region on offer, and may
+            // still write into it: the next client gets a fresh one.
+            st.ready = None;
+            st.prepare_or_say();
             let _ = slot.compare_exchange(v, 0, Ordering::SeqCst, Ordering::SeqCst);
             self.claim = None;
         } else if v != 0 && self.claim.is_none_or(|(c, _)| c != v) {

@@ -7,6 +7,8 @@
 //! A transport with shared state or a handshake adds its file here and a
 //! line to [`for_transport`].
 
+mod shm;
+
 use crate::common::Env;
 use ipclab::process::ServerProcess;
 
@@ -21,7 +23,35 @@ pub struct Attack {
 
 /// The attacks written for `transport`.
 pub fn for_transport(transport: &str) -> Vec<Attack> {
+    let a = |name, run, grow_kib| Attack {
+        name,
+        run,
+        grow_kib,
+    };
     match transport {
+        "shm" | "mmap" => vec![
+            a(
+                "chunk lengths over the area",
+                shm::shm_lengths_over_the_area,
+                4096,
+            ),
+            a("garbage in every field", shm::garbage_everywhere, 4096),
+            a(
+                "a client outliving its idle session",
+                shm::stale_client_after_idle_timeout,
+                4096,
+            ),
+        ],
+        "shm-spin" => vec![
+            a("ring head past the capacity", shm::spin_forged_head, 4096),
+            a("ring tail past the head", shm::spin_forged_tail, 4096),
+            a("garbage in every field", shm::garbage_everywhere, 4096),
+            a(
+                "a client outliving its idle session",
+                shm::stale_client_after_idle_timeout,
+                4096,
+            ),
+        ],
         _ => Vec::new(),
     }
 }
