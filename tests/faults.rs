@@ -11,9 +11,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, exe, payload, watchdog};
+use common::{Env, exe, next_client_is_served, payload, watchdog};
 use ipclab::client::Client;
-use ipclab::process::{ServerProcess, client_args};
+use ipclab::process::client_args;
 use ipclab::protocol::Form;
 use ipclab::transport::{self, Transport};
 use nix::sys::signal::{Signal, kill};
@@ -50,34 +50,6 @@ fn rounds() -> u64 {
 }
 
 const SIZES: [usize; 4] = [0, 4096, 256 * 1024, 1 << 20];
-
-/// A client that gets its byte-exact 64 KiB echo within `limit` (a
-/// one-client server may still be freeing the slot of a killed client:
-/// "busy" is retried).
-fn next_client_is_served(env: &Env, server: &ServerProcess, limit: Duration) {
-    let data = payload(64 * 1024, 7);
-    let until = Instant::now() + limit;
-    loop {
-        let attempt = server
-            .connect(env.transport, &server.client_config(&env.cfg))
-            .and_then(|link| {
-                let mut c = Client::from_link(link, env.cfg.max_frame, Form::Binary);
-                c.echo(&data).map(|echo| echo == &data[..])
-            });
-        match attempt {
-            Ok(true) => return,
-            Ok(false) => panic!("{}: the echo after a fault differs", env.transport.name()),
-            Err(e) if Instant::now() < until => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!(
-                "{}: no client served within {limit:?} after a fault: {e}",
-                env.transport.name()
-            ),
-        }
-    }
-}
 
 fn faults(t: &'static dyn Transport, rng: &mut Rng) {
     let env = Env::new(t.name());
@@ -166,6 +138,29 @@ fn peers_killed_at_random_points() {
                 rounds(),
                 t0.elapsed().as_secs_f64()
             );
+        }
+    });
+}
+
+/// The flake this file had: a client that reconnects the instant its
+/// previous session ended must wait for the server to free the slot, never
+/// be told "busy" (the slot's holder and its "leaving" mark are one word).
+#[test]
+fn reconnecting_at_once_is_never_busy() {
+    watchdog(Duration::from_secs(120), || {
+        for t in ["shm", "mmap", "shm-spin"] {
+            let env = Env::new(t);
+            let mut server = env.server();
+            let cfg = server.client_config(&env.cfg);
+            for i in 0..150 {
+                let link = server
+                    .connect(env.transport, &cfg)
+                    .unwrap_or_else(|e| panic!("{t}: reconnection {i}: {e}"));
+                let mut c = Client::from_link(link, cfg.max_frame, Form::Binary);
+                assert_eq!(c.echo(b"again").unwrap(), b"again");
+            }
+            assert!(server.stop().unwrap().success());
+            assert!(env.leftovers().is_empty(), "{t}: {:?}", env.leftovers());
         }
     });
 }

@@ -57,6 +57,7 @@ pub mod flock;
 pub mod msgq;
 pub mod pipe;
 pub mod posixmq;
+pub mod region;
 pub mod shm;
 pub mod shm_spin;
 pub mod signal;
