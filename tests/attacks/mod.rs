@@ -8,6 +8,7 @@
 //! line to [`for_transport`].
 
 mod msgq;
+mod signal;
 
 use crate::common::Env;
 use ipclab::process::ServerProcess;
@@ -25,6 +26,7 @@ pub struct Attack {
 pub fn for_transport(transport: &str) -> Vec<Attack> {
     match transport {
         "msgq" => msgq::attacks(),
+        "signal" => signal::attacks(),
         _ => Vec::new(),
     }
 }
