@@ -12,21 +12,32 @@
 //! # How data and synchronisation flow
 //! ```text
 //!            one queue, key = ftok(<dir>/<name>.msgq, 'Q'), mode 0600
-//!   client ── type 1: HELLO {connection id, pid} ───────────▶ server main thread
-//!   client ── type 2+2·id: request chunks ──────────────────▶ session thread for id
-//!   client ◀─ type 3+2·id: reply chunks ──────────────────── session thread for id
+//!   client ── type 1: HELLO {pid, number, nonce} ────────────▶ server main thread
+//!   client ◀─ type 2⁶²+pid·2¹⁶+number: WELCOME {nonce, s} ─── session thread for s
+//!   client ── type 2s: request chunks ──────────────────────▶ session thread for s
+//!   client ◀─ type 2s+1: reply chunks ────────────────────── session thread for s
 //! ```
 //! The classic design puts every request on one type and each reply on the
-//! client's pid. ipclab gives each *connection* its own request type as
-//! well (`id` = pid·2¹⁶ + a per-process counter, so one process can hold
-//! several connections): each session thread then blocks in `msgrcv` on its
-//! own type and is woken by the kernel directly, with no demultiplexing
-//! thread in between — type 1 carries only the HELLO of a new client.
+//! client's pid. ipclab gives each *session* its own request type as well:
+//! each session thread then blocks in `msgrcv` on its own type and is woken
+//! by the kernel directly, with no demultiplexing thread in between — type 1
+//! carries only the HELLO of a new client.
+//!
+//! The session number `s` is the server's: it counts up from 1 and is never
+//! reused while the server lives. That matters because a queue outlives its
+//! conversations: a message nobody read stays in it. Were the types made
+//! from the client's pid, a later client that happens to get the same pid
+//! (pids wrap) would read an old session's leftover as its own reply. The
+//! client learns `s` from the WELCOME, which it awaits on a type of its own
+//! (its pid and a per-process connection number, so one process can hold
+//! several connections) and recognises by the nonce its HELLO carried: a
+//! stale WELCOME meant for an earlier process with the same pid is skipped.
 //!
 //! Each `msgsnd` copies the message into the kernel; each `msgrcv` copies it
 //! out and wakes the receiver that waits for that type. A zero-length
 //! message on a conversation's type means "end of stream" (the client left,
-//! or the session ended).
+//! or the session ended); it is sent only to a peer that has not ended the
+//! stream itself, so a client that leaves is not sent one it will never read.
 //!
 //! # Limits (read live from `/proc/sys/kernel/`)
 //! * `msgmax` (8192 by default): the largest message. A protocol message
@@ -50,25 +61,45 @@
 //! again or fails. When the server stops it removes the queue, and every
 //! blocked client gets `EIDRM` at once.
 //!
+//! # Leftovers
+//! Nobody but the server cleans the queue, so the server does, by type
+//! (`msgrcv` with `IPC_NOWAIT` on a type until it is empty):
+//! * a session that ends drops whatever is still queued for it (its request
+//!   type), and its unread replies too if its last send failed (the client
+//!   stopped reading: the reply is incomplete anyway);
+//! * the types of every ended session are remembered, and
+//!   [`Listener::sweep`] (once a second) drops what is on them once the
+//!   client is dead, or once it has had `--timeout` to read its last reply:
+//!   an end-of-stream it will never read, the replies of a client that was
+//!   frozen and then killed, a request it sent after its session ended.
+//!
 //! # Keys
 //! The key comes from `ftok(3)` on a file the server creates in the runtime
 //! directory (holding its pid), never a fixed number. A key file whose pid
 //! is dead marks a stale queue of a server killed with SIGKILL: the next
 //! server removes that queue (if it is ours) and starts afresh.
 //!
+//! # What a peer writes
+//! The queue is mode 0600, so only processes of our user can write to it,
+//! and any of them can write any type: a HELLO's fields are checked (length,
+//! a live pid that is not the server's, a connection number below 2¹⁶), and
+//! a message of any length is received whole or refused, never overflowed.
+//! What no check can stop is a process of the same user reading or writing
+//! another session's types directly: the mechanism has no notion of sender.
+//!
 //! # System calls
 //! `ftok(3)`, `msgget(2)`, `msgsnd(2)`, `msgrcv(2)`, `msgctl(2)` (`IPC_STAT`,
 //! `IPC_RMID`), `kill(2)` with signal 0, `pthread_kill(3)`; see `sysvipc(7)`.
 
+use std::cell::Cell;
 use std::fs;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::unistd::getuid;
 
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
@@ -192,8 +223,12 @@ impl Transport for Msgq {
             key,
             _file: file,
             cfg: cfg.clone(),
-            hello: vec![0; MTYPE_LEN + 64],
+            // As large as any message can be: a longer one, which could only
+            // fail `msgrcv` with E2BIG and stay queued, cannot exist.
+            hello: vec![0; MTYPE_LEN + chunk],
             chunk,
+            sessions: 0,
+            ended: Arc::default(),
         }))
     }
 
@@ -223,26 +258,71 @@ impl Transport for Msgq {
             ));
         }
         let queue = Arc::new(MsgQueue::open(sysv::ftok(&key_path, project)?)?);
-        let pid = std::process::id();
-        let id = ((pid as libc::c_long) << 16)
-            | (NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff) as libc::c_long;
-        let link = MsgLink::new(
+        let chunk = chunk_size()?;
+        let pid = std::process::id() as i32;
+        let number = NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff;
+        let reply_to = welcome_type(pid, number);
+        // Different for every connection that could ever get this pid and
+        // number: a WELCOME meant for an earlier one does not match.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut link = MsgLink::new(
             queue,
-            2 + 2 * id + 1,
-            2 + 2 * id,
+            reply_to,
+            HELLO,
             server_pid,
             cfg.timeout,
             cfg.timeout,
-            chunk_size()?,
-            false,
+            chunk,
+            None,
         );
-        let mut hello = [0u8; MTYPE_LEN + 12];
+        let mut hello = [0u8; MTYPE_LEN + HELLO_LEN];
         sysv::set_mtype(&mut hello, HELLO);
-        hello[MTYPE_LEN..MTYPE_LEN + 8].copy_from_slice(&(id as u64).to_le_bytes());
-        hello[MTYPE_LEN + 8..].copy_from_slice(&(pid as i32).to_le_bytes());
+        let text = &mut hello[MTYPE_LEN..];
+        text[..4].copy_from_slice(&pid.to_le_bytes());
+        text[4..8].copy_from_slice(&number.to_le_bytes());
+        text[8..].copy_from_slice(&nonce.to_le_bytes());
         link.send(&hello)?;
+        let deadline = Instant::now() + cfg.timeout;
+        let session = loop {
+            let n = link.recv(deadline, "waiting for the server's WELCOME")?;
+            let text = &link.rbuf[MTYPE_LEN..MTYPE_LEN + n];
+            if n == WELCOME_LEN && text[..8] == nonce.to_le_bytes() {
+                break u64::from_le_bytes(text[8..].try_into().expect("8 bytes"));
+            }
+            // A stale WELCOME for an earlier process with our pid: skip it.
+        };
+        if session == 0 || session > MAX_SESSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the server (pid {server_pid}) sent an invalid session number {session}"),
+            ));
+        }
+        let (request, reply) = session_types(session);
+        link.set_types(reply, request);
+        link.stream_over = false;
         Ok(Box::new(link))
     }
+}
+
+/// The HELLO's text: the client's pid (i32), its connection number (u32,
+/// below 2¹⁶), a nonce (u64), little-endian.
+const HELLO_LEN: usize = 16;
+/// The WELCOME's text: the HELLO's nonce, then the session number (u64s).
+const WELCOME_LEN: usize = 16;
+/// Session numbers stay far below the WELCOME types (2⁶² and up).
+const MAX_SESSION: u64 = 1 << 60;
+
+/// The type a client awaits its WELCOME on: 2⁶² + pid·2¹⁶ + number.
+fn welcome_type(pid: i32, number: u32) -> libc::c_long {
+    (1 << 62) + ((pid as libc::c_long) << 16) + (number & 0xffff) as libc::c_long
+}
+
+/// Session `s` (1, 2, …) sends requests on type 2s and replies on 2s+1.
+fn session_types(s: u64) -> (libc::c_long, libc::c_long) {
+    let request = 2 * s as libc::c_long;
+    (request, request + 1)
 }
 
 /// The size of one chunk: the largest message the queue can hold.
@@ -313,6 +393,20 @@ struct MsgqServer {
     cfg: Config,
     hello: Vec<u8>,
     chunk: usize,
+    /// The last session number given out.
+    sessions: u64,
+    /// Sessions that ended, whose types may still hold messages.
+    ended: Ended,
+}
+
+/// The types of ended sessions, for [`Listener::sweep`] to clear.
+type Ended = Arc<Mutex<Vec<EndedSession>>>;
+
+struct EndedSession {
+    /// Request, reply and WELCOME types.
+    types: [libc::c_long; 3],
+    client: i32,
+    at: Instant,
 }
 
 impl Drop for MsgqServer {
@@ -342,23 +436,65 @@ impl Listener for MsgqServer {
             Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
             Err(e) => return Err(e),
         };
-        if n != 12 {
+        let Some((pid, number, nonce)) = parse_hello(&self.hello[MTYPE_LEN..MTYPE_LEN + n]) else {
             return Ok(None); // not a HELLO of ours: ignore it
+        };
+        if self.sessions >= MAX_SESSION {
+            return Ok(None); // a billion billion sessions: no number is left
         }
-        let t = &self.hello[MTYPE_LEN..];
-        let id = u64::from_le_bytes(t[..8].try_into().expect("8 bytes")) as libc::c_long;
-        let pid = i32::from_le_bytes(t[8..12].try_into().expect("4 bytes"));
+        self.sessions += 1;
+        let (request, reply) = session_types(self.sessions);
+        let reply_to = welcome_type(pid, number);
+        let mut welcome = vec![0u8; MTYPE_LEN + WELCOME_LEN];
+        sysv::set_mtype(&mut welcome, reply_to);
+        welcome[MTYPE_LEN..MTYPE_LEN + 8].copy_from_slice(&nonce.to_le_bytes());
+        welcome[MTYPE_LEN + 8..].copy_from_slice(&self.sessions.to_le_bytes());
         Ok(Some(Box::new(MsgLink::new(
             Arc::clone(&self.queue),
-            2 + 2 * id,
-            2 + 2 * id + 1,
+            request,
+            reply,
             pid,
             self.cfg.idle_timeout,
             self.cfg.timeout,
             self.chunk,
-            true,
+            Some(ServerSession {
+                welcome: Some(welcome),
+                welcome_type: reply_to,
+                ended: Arc::clone(&self.ended),
+            }),
         ))))
     }
+
+    /// Clear the types of ended sessions whose client is dead, or has had
+    /// `--timeout` to read its last reply; forget them once the client is
+    /// dead or four timeouts have passed.
+    fn sweep(&mut self) {
+        let grace = self.cfg.timeout;
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.retain(|e| {
+            let dead = !pid_alive(e.client);
+            let age = e.at.elapsed();
+            if dead || age >= grace {
+                for t in e.types {
+                    self.queue.purge(t);
+                }
+            }
+            !dead && age < 4 * grace
+        });
+    }
+}
+
+/// A HELLO's text, checked: a live pid that is not ours, a connection
+/// number below 2¹⁶. Returns (pid, number, nonce).
+fn parse_hello(text: &[u8]) -> Option<(i32, u32, u64)> {
+    if text.len() != HELLO_LEN {
+        return None;
+    }
+    let pid = i32::from_le_bytes(text[..4].try_into().ok()?);
+    let number = u32::from_le_bytes(text[4..8].try_into().ok()?);
+    let nonce = u64::from_le_bytes(text[8..].try_into().ok()?);
+    let ok = pid > 0 && pid != std::process::id() as i32 && number <= 0xffff && pid_alive(pid);
+    ok.then_some((pid, number, nonce))
 }
 
 /// One side of a conversation: receives on `rx_type`, sends on `tx_type`.
@@ -376,7 +512,22 @@ struct MsgLink {
     roff: usize,
     /// The message being sent (mtype word + text).
     sbuf: Vec<u8>,
-    server_side: bool,
+    /// The peer ended the stream (or it has not begun): no end-of-stream
+    /// message is owed to it.
+    stream_over: bool,
+    /// A send failed: the peer stopped reading, what it left is unread.
+    broken: Cell<bool>,
+    /// Set on the server's side of a session.
+    server: Option<ServerSession>,
+}
+
+struct ServerSession {
+    /// The WELCOME, sent by the session's thread before its first message
+    /// (so a full queue never stalls the accepting thread).
+    welcome: Option<Vec<u8>>,
+    /// The type the WELCOME goes to.
+    welcome_type: libc::c_long,
+    ended: Ended,
 }
 
 impl MsgLink {
@@ -389,11 +540,9 @@ impl MsgLink {
         read_timeout: Duration,
         write_timeout: Duration,
         chunk: usize,
-        server_side: bool,
+        server: Option<ServerSession>,
     ) -> Self {
-        let mut sbuf = vec![0; MTYPE_LEN + chunk];
-        sysv::set_mtype(&mut sbuf, tx_type);
-        MsgLink {
+        let mut link = MsgLink {
             queue,
             rx_type,
             tx_type,
@@ -404,14 +553,29 @@ impl MsgLink {
             rbuf: vec![0; MTYPE_LEN + chunk],
             rlen: 0,
             roff: 0,
-            sbuf,
-            server_side,
-        }
+            sbuf: vec![0; MTYPE_LEN + chunk],
+            stream_over: true,
+            broken: Cell::new(false),
+            server,
+        };
+        link.set_types(rx_type, tx_type);
+        link
+    }
+
+    /// Receive on `rx`, send on `tx` from now on.
+    fn set_types(&mut self, rx: libc::c_long, tx: libc::c_long) {
+        self.rx_type = rx;
+        self.tx_type = tx;
+        sysv::set_mtype(&mut self.sbuf, tx);
     }
 
     fn peer_check(&self) -> impl FnMut() -> io::Result<()> + use<> {
         let peer = self.peer;
-        let who = if self.server_side { "client" } else { "server" };
+        let who = if self.server.is_some() {
+            "client"
+        } else {
+            "server"
+        };
         move || {
             if pid_alive(peer) {
                 Ok(())
@@ -433,6 +597,7 @@ impl MsgLink {
             self.peer_check(),
             || q.send_raw(msg, false),
         )
+        .inspect_err(|_| self.broken.set(true))
     }
 
     /// Send the first `n` text bytes of the send buffer as one message.
@@ -440,20 +605,34 @@ impl MsgLink {
         self.send(&self.sbuf[..MTYPE_LEN + n])?;
         Ok(n)
     }
+
+    /// Receive the next message of `rx_type` into `rbuf`, waiting until
+    /// `deadline` at most; returns its text length.
+    fn recv(&mut self, deadline: Instant, waiting: &str) -> io::Result<usize> {
+        let check = self.peer_check();
+        let (q, rbuf, t) = (&self.queue, &mut self.rbuf, self.rx_type);
+        interrupt::bounded(deadline, waiting, check, || q.recv_raw(rbuf, t, false))
+    }
+
+    /// On the server's side, send the WELCOME if it is still owed.
+    fn greet(&mut self) -> io::Result<()> {
+        if let Some(s) = &mut self.server
+            && let Some(welcome) = s.welcome.take()
+        {
+            self.stream_over = false;
+            self.send(&welcome)?;
+        }
+        Ok(())
+    }
 }
 
 impl Read for MsgLink {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.roff == self.rlen {
-            let check = self.peer_check();
-            let (q, rbuf, t) = (&self.queue, &mut self.rbuf, self.rx_type);
-            let n = interrupt::bounded(
-                Instant::now() + self.read_timeout,
-                "waiting for a message",
-                check,
-                || q.recv_raw(rbuf, t, false),
-            )?;
+            self.greet()?;
+            let n = self.recv(Instant::now() + self.read_timeout, "waiting for a message")?;
             if n == 0 {
+                self.stream_over = true;
                 return Ok(0); // end of stream
             }
             self.rlen = n;
@@ -472,6 +651,7 @@ impl Write for MsgLink {
         if buf.is_empty() {
             return Ok(0);
         }
+        self.greet()?;
         let n = buf.len().min(self.chunk);
         self.sbuf[MTYPE_LEN..MTYPE_LEN + n].copy_from_slice(&buf[..n]);
         self.send_text(n)
@@ -480,6 +660,7 @@ impl Write for MsgLink {
     /// Gather as much as fits into one message: a small protocol message
     /// (header + payload) is one `msgsnd`.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.greet()?;
         let text = &mut self.sbuf[MTYPE_LEN..];
         let n = super::gather(bufs, self.chunk, |at, p| {
             text[at..at + p.len()].copy_from_slice(p)
@@ -497,18 +678,32 @@ impl Write for MsgLink {
 
 impl Drop for MsgLink {
     fn drop(&mut self) {
-        // Tell the peer the stream ended (an empty message), if it is there
-        // to read it; otherwise clear what it will never read.
-        if pid_alive(self.peer) {
-            let mut eof = [0u8; MTYPE_LEN];
-            sysv::set_mtype(&mut eof, self.tx_type);
-            match self.queue.send_raw(&eof, true) {
-                Ok(()) | Err(Errno::EIDRM) | Err(Errno::EINVAL) => {}
-                Err(_) => {} // queue full: the peer's liveness check ends its wait
-            }
-        } else {
+        // Nothing more will be read here.
+        self.queue.purge(self.rx_type);
+        // A peer that stopped reading will not read the rest either.
+        if self.broken.get() {
             self.queue.purge(self.tx_type);
         }
-        self.queue.purge(self.rx_type);
+        // Tell a peer that is still in the conversation that it ended (an
+        // empty message). A full queue drops it: the peer's liveness check
+        // or timeout ends its wait.
+        if !self.stream_over && pid_alive(self.peer) {
+            let mut eof = [0u8; MTYPE_LEN];
+            sysv::set_mtype(&mut eof, self.tx_type);
+            let _ = self.queue.send_raw(&eof, true);
+        }
+        // The server remembers the session's types for `sweep`: whatever
+        // the client leaves on them is cleared once it is gone.
+        if let Some(s) = &self.server {
+            let (request, reply) = (self.rx_type, self.tx_type);
+            s.ended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(EndedSession {
+                    types: [request, reply, s.welcome_type],
+                    client: self.peer,
+                    at: Instant::now(),
+                });
+        }
     }
 }

@@ -15,8 +15,8 @@
 //! # How data and synchronisation flow
 //! ```text
 //!   client thread (signals blocked)                     server (signals blocked in every thread)
-//!   sigqueue(server pid, SIGRTMIN+2, HELLO|tid) ───────▶ sigtimedwait: a new client, known by si_pid
-//!   sigtimedwait ◀── rt_tgsigqueueinfo(pid, tid, SIGRTMIN+2, WELCOME)
+//!   sigqueue(server pid, SIGRTMIN+2, HELLO|nonce|tid) ─▶ sigtimedwait: a new client, known by si_pid
+//!   sigtimedwait ◀── rt_tgsigqueueinfo(pid, tid, SIGRTMIN+2, WELCOME|nonce)
 //!   sigqueue(server, SIGRTMIN+1, word) × n ────────────▶ main thread: sigtimedwait, forwards the words
 //!                                                         to the session thread
 //!   sigtimedwait ◀── rt_tgsigqueueinfo(pid, tid, SIGRTMIN+1, word) × n  (the reply)
@@ -51,7 +51,25 @@
 //! # Clients
 //! One at a time: the server knows its client by `si_pid`, and one process
 //! could hold several connections that it could not tell apart. A second
-//! client's HELLO is answered with BUSY.
+//! client's HELLO is answered with BUSY. The slot is taken only once the
+//! WELCOME has been sent: a client that greeted and vanished while the
+//! server was stopped (SIGSTOP), or that named a thread not its own, gets
+//! no session and blocks nobody. A client that gives up waiting for its
+//! WELCOME says BYE, so a server that wakes up late ends that session at
+//! once. Each connection has a nonce, carried by its HELLO and by every
+//! WELCOME, BUSY and BYE: a late answer meant for an earlier connection of
+//! the same thread is never taken for the current one's.
+//!
+//! # Who is speaking
+//! Any process allowed to signal the server (same user, or privileged) can
+//! queue our signal numbers to it. The server takes only `SI_QUEUE` signals
+//! (a `kill(2)` carries no word) and gives a session only the words whose
+//! `si_pid` and `si_uid` are its client's. That keeps out strangers and
+//! accidents — but not a determined impostor of the same user: the kernel
+//! lets a process put any `si_pid` in a signal it queues with
+//! `rt_sigqueueinfo(2)` (only the codes the kernel itself uses are
+//! refused). Signals carry no proof of their sender; a mechanism that must
+//! know its peer should use a UNIX socket's `SO_PEERCRED`.
 //!
 //! # Timeouts
 //! Every wait is a `sigtimedwait` of at most a quarter second; between waits
@@ -98,8 +116,26 @@ fn sig_data() -> libc::c_int {
 fn sig_ctrl() -> libc::c_int {
     libc::SIGRTMIN() + 2
 }
+const ARG: u64 = (1 << 56) - 1;
 fn ctrl(kind: u64, arg: u64) -> u64 {
-    (kind << 56) | (arg & ((1 << 56) - 1))
+    (kind << 56) | (arg & ARG)
+}
+
+/// A HELLO's argument: the client's thread id in the low 22 bits (thread
+/// ids are below `PID_MAX_LIMIT`, 2²²), a nonce above them. WELCOME, BUSY
+/// and BYE carry the nonce back, so a late answer to an earlier connection
+/// is never taken for this one's.
+const TID_BITS: u32 = 22;
+const NONCE: u64 = ARG >> TID_BITS;
+
+/// A nonce for a new connection: different for each in this process.
+fn next_nonce() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let _ = NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    NEXT.fetch_add(1, Ordering::Relaxed) & NONCE
 }
 
 fn our_set() -> libc::sigset_t {
@@ -125,11 +161,13 @@ fn block_in_this_thread() -> io::Result<()> {
     Ok(())
 }
 
-/// One received signal: which, from whom, and its word.
+/// One received signal: which, from whom (pid and real uid, as the sender
+/// put them in its `siginfo`), and its word.
 #[derive(Clone, Copy, Debug)]
 struct Received {
     sig: libc::c_int,
     from: libc::pid_t,
+    uid: libc::uid_t,
     value: u64,
 }
 
@@ -149,9 +187,26 @@ fn wait_signal(timeout: Duration) -> io::Result<Option<Received>> {
             e => Err(io::Error::other(format!("sigtimedwait: {e}"))),
         };
     }
-    // SAFETY: the kernel filled a SI_QUEUE siginfo, which has pid and value.
-    let (from, value) = unsafe { (info.si_pid(), info.si_value().sival_ptr as usize as u64) };
-    Ok(Some(Received { sig, from, value }))
+    // Only words sent with sigqueue(3) or rt_tgsigqueueinfo(2) are ours: a
+    // kill(2) of the same number by someone else carries no word.
+    if info.si_code != libc::SI_QUEUE {
+        return Ok(None);
+    }
+    // SAFETY: the kernel filled a SI_QUEUE siginfo, which has pid, uid and
+    // value.
+    let (from, uid, value) = unsafe {
+        (
+            info.si_pid(),
+            info.si_uid(),
+            info.si_value().sival_ptr as usize as u64,
+        )
+    };
+    Ok(Some(Received {
+        sig,
+        from,
+        uid,
+        value,
+    }))
 }
 
 fn send_error(e: Errno, to: libc::pid_t) -> io::Error {
@@ -294,29 +349,40 @@ impl Transport for Signal {
         // Anything still pending for this thread belongs to an old session.
         while wait_signal(Duration::ZERO)?.is_some() {}
         let tid = gettid();
-        send_to_process(server, sig_ctrl(), ctrl(HELLO, tid as u64))?;
+        let nonce = next_nonce();
+        send_to_process(
+            server,
+            sig_ctrl(),
+            ctrl(HELLO, (nonce << TID_BITS) | tid as u64),
+        )?;
         let deadline = Instant::now() + cfg.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                // If the server still answers, it may start a session for
+                // this HELLO: tell it the client gave up.
+                let _ = send_to_process(server, sig_ctrl(), ctrl(BYE, nonce));
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("the signal server (pid {server}) did not answer within --timeout"),
                 ));
             }
             match wait_signal(left.min(SLICE))? {
-                Some(r) if r.from == server && r.sig == sig_ctrl() => match r.value >> 56 {
-                    WELCOME => break,
-                    BUSY => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::AddrInUse,
-                            format!(
-                                "busy: the signal server (pid {server}) serves one client at a time"
-                            ),
-                        ));
+                Some(r) if r.from == server && r.sig == sig_ctrl() && r.value & ARG == nonce => {
+                    match r.value >> 56 {
+                        WELCOME => break,
+                        BUSY => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::AddrInUse,
+                                format!(
+                                    "busy: the signal server (pid {server}) serves one client at a time"
+                                ),
+                            ));
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                },
+                }
+                // Someone else's, or a late answer to an earlier connection.
                 Some(_) => {}
                 None if !pid_alive(server) => {
                     return Err(io::Error::new(
@@ -327,7 +393,7 @@ impl Transport for Signal {
                 None => {}
             }
         }
-        let mut link = SigLink::new(ClientSide { server }, cfg.timeout, cfg.timeout);
+        let mut link = SigLink::new(ClientSide { server }, nonce, cfg.timeout, cfg.timeout);
         link.owner = Some(tid);
         Ok(Box::new(link))
     }
@@ -382,6 +448,7 @@ struct ServerSide {
     rx: mpsc::Receiver<Vec<Received>>,
     client: libc::pid_t,
     tid: libc::pid_t,
+    nonce: u64,
     done: Arc<AtomicBool>,
 }
 
@@ -394,7 +461,8 @@ impl Side for ServerSide {
             Err(mpsc::RecvTimeoutError::Disconnected) => out.push(Received {
                 sig: sig_ctrl(),
                 from: self.client,
-                value: ctrl(BYE, 0),
+                uid: 0,
+                value: ctrl(BYE, self.nonce),
             }),
         }
         Ok(())
@@ -421,6 +489,8 @@ struct SigLink<S: Side> {
     write_timeout: Duration,
     /// Thread that must use this link (the client's receiving thread).
     owner: Option<libc::pid_t>,
+    /// The connection's nonce, which every BYE carries.
+    nonce: u64,
     // Receiving.
     pending: Vec<u8>,
     pos: usize,
@@ -434,12 +504,13 @@ struct SigLink<S: Side> {
 }
 
 impl<S: Side> SigLink<S> {
-    fn new(side: S, read_timeout: Duration, write_timeout: Duration) -> Self {
+    fn new(side: S, nonce: u64, read_timeout: Duration, write_timeout: Duration) -> Self {
         SigLink {
             side,
             read_timeout,
             write_timeout,
             owner: None,
+            nonce,
             pending: Vec::new(),
             pos: 0,
             frame_left: 0,
@@ -480,7 +551,7 @@ impl<S: Side> SigLink<S> {
                             .unacked_out
                             .saturating_sub((r.value & 0xffff_ffff) as u32)
                     }
-                    BYE => self.eof = true,
+                    BYE if r.value & ARG == self.nonce => self.eof = true,
                     _ => {}
                 }
             }
@@ -580,7 +651,7 @@ impl<S: Side> Write for SigLink<S> {
 
 impl<S: Side> Drop for SigLink<S> {
     fn drop(&mut self) {
-        let _ = self.side.send(sig_ctrl(), ctrl(BYE, 0));
+        let _ = self.side.send(sig_ctrl(), ctrl(BYE, self.nonce));
     }
 }
 
@@ -590,20 +661,36 @@ impl Drop for ServerSide {
     }
 }
 
+/// The session in the one slot, and whose signals are its words.
 struct Current {
     pid: libc::pid_t,
+    uid: libc::uid_t,
+    nonce: u64,
     tx: mpsc::Sender<Vec<Received>>,
     done: Arc<AtomicBool>,
     /// The client said BYE: its session is ending, not busy.
     left: bool,
 }
 
+impl Current {
+    /// Is `r` from this session's client? Its pid and uid, as the sender
+    /// wrote them: the kernel lets a process of the same user put any pid
+    /// in a `sigqueue` siginfo, so this keeps out strangers and mistakes,
+    /// not a determined impostor of our own user (see the module doc).
+    fn owns(&self, r: &Received) -> bool {
+        r.from == self.pid && r.uid == self.uid
+    }
+}
+
+/// HELLOs kept for later (the slot is being freed) at most; more are BUSY.
+const MAX_DEFERRED: usize = 64;
+
 struct SignalServer {
     _pid_file: CreatedPath,
     path: PathBuf,
     current: Option<Current>,
-    /// HELLOs that came while the previous client was dead but its session
-    /// not yet finished; answered on a later call.
+    /// HELLOs that came while the previous client was dead or leaving but
+    /// its session not yet finished; answered on a later call.
     deferred: Vec<Received>,
     cfg: Config,
 }
@@ -643,20 +730,30 @@ impl Listener for SignalServer {
         let mut forward = Vec::new();
         for r in batch {
             if r.sig == sig_ctrl() && r.value >> 56 == HELLO {
-                let tid = (r.value & ((1 << 56) - 1)) as libc::pid_t;
-                if new_link.is_some() {
-                    self.deferred.push(r);
+                let Some((tid, nonce)) = check_hello(&r) else {
+                    continue;
+                };
+                let slot_taken = self
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| !c.done.load(Ordering::SeqCst));
+                if new_link.is_some() || slot_taken {
+                    let leaving = self
+                        .current
+                        .as_ref()
+                        .is_some_and(|c| c.left || !pid_alive(c.pid));
+                    if (new_link.is_some() || leaving) && self.deferred.len() < MAX_DEFERRED {
+                        // The slot is being freed: answer on a later call.
+                        self.deferred.push(r);
+                    } else {
+                        let _ = send_to_thread(r.from, tid, sig_ctrl(), ctrl(BUSY, nonce));
+                    }
                     continue;
                 }
-                if let Some(c) = &self.current
-                    && !c.done.load(Ordering::SeqCst)
-                {
-                    if pid_alive(c.pid) && !c.left {
-                        let _ = send_to_thread(r.from, tid, sig_ctrl(), ctrl(BUSY, 0));
-                    } else {
-                        // Its client left or died; the session ends shortly.
-                        self.deferred.push(r);
-                    }
+                // The slot is taken only once the WELCOME is out: a client
+                // that vanished while the server was stopped, or that named a
+                // thread that is not its own, leaves it free.
+                if send_to_thread(r.from, tid, sig_ctrl(), ctrl(WELCOME, nonce)).is_err() {
                     continue;
                 }
                 self.flush(&mut forward);
@@ -664,27 +761,32 @@ impl Listener for SignalServer {
                 let done = Arc::new(AtomicBool::new(false));
                 self.current = Some(Current {
                     pid: r.from,
+                    uid: r.uid,
+                    nonce,
                     tx,
                     done: Arc::clone(&done),
                     left: false,
                 });
-                if send_to_thread(r.from, tid, sig_ctrl(), ctrl(WELCOME, 0)).is_ok() {
-                    let side = ServerSide {
-                        rx,
-                        client: r.from,
-                        tid,
-                        done,
-                    };
-                    new_link = Some(Box::new(SigLink::new(
-                        side,
-                        self.cfg.idle_timeout,
-                        self.cfg.timeout,
-                    )));
-                }
+                let side = ServerSide {
+                    rx,
+                    client: r.from,
+                    tid,
+                    nonce,
+                    done,
+                };
+                new_link = Some(Box::new(SigLink::new(
+                    side,
+                    nonce,
+                    self.cfg.idle_timeout,
+                    self.cfg.timeout,
+                )));
             } else if let Some(c) = self.current.as_mut()
-                && c.pid == r.from
+                && c.owns(&r)
             {
                 if r.sig == sig_ctrl() && r.value >> 56 == BYE {
+                    if r.value & ARG != c.nonce {
+                        continue; // an earlier connection's goodbye
+                    }
                     c.left = true;
                 }
                 forward.push(r);
@@ -693,6 +795,18 @@ impl Listener for SignalServer {
         self.flush(&mut forward);
         Ok(new_link)
     }
+}
+
+/// A HELLO's sender and fields, checked: a live process that is not this
+/// server (a WELCOME to one of our own threads would be a signal we do not
+/// wait for), a thread id. Returns (tid, nonce).
+fn check_hello(r: &Received) -> Option<(libc::pid_t, u64)> {
+    let arg = r.value & ARG;
+    let tid = (arg & ((1 << TID_BITS) - 1)) as libc::pid_t;
+    let nonce = arg >> TID_BITS;
+    let ok =
+        r.from > 0 && tid > 0 && r.from != std::process::id() as libc::pid_t && pid_alive(r.from);
+    ok.then_some((tid, nonce))
 }
 
 impl SignalServer {

@@ -13,6 +13,8 @@ mod fifo;
 mod posix_mq;
 mod unix_dgram;
 mod shm;
+mod msgq;
+mod signal;
 
 use crate::common::Env;
 use ipclab::process::ServerProcess;
@@ -62,6 +64,8 @@ pub fn for_transport(transport: &str) -> Vec<Attack> {
                 4096,
             ),
         ],
+        "msgq" => msgq::attacks(),
+        "signal" => signal::attacks(),
         _ => Vec::new(),
     }
 }
