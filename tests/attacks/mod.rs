@@ -8,13 +8,13 @@
 //! line to [`for_transport`].
 
 mod eventfd;
-mod flock;
 mod fifo;
-mod posix_mq;
-mod unix_dgram;
-mod shm;
+mod flock;
 mod msgq;
+mod posix_mq;
+mod shm;
 mod signal;
+mod unix_dgram;
 
 use crate::common::Env;
 use ipclab::process::ServerProcess;
