@@ -7,6 +7,8 @@
 //! A transport with shared state or a handshake adds its file here and a
 //! line to [`for_transport`].
 
+mod udp;
+
 use crate::common::Env;
 use ipclab::process::ServerProcess;
 
@@ -22,6 +24,7 @@ pub struct Attack {
 /// The attacks written for `transport`.
 pub fn for_transport(transport: &str) -> Vec<Attack> {
     match transport {
+        "udp" => udp::attacks(),
         _ => Vec::new(),
     }
 }
