@@ -35,9 +35,9 @@
 //! the idle timeout. So, as TCP does with its SYN queue, the server keeps
 //! sessions whose client has not answered apart: it waits for them in its
 //! accept loop (`poll(2)` on the listening socket and theirs), keeps at
-//! most [`HALF_OPEN`] of them (a new HELLO pushes out the oldest, and so
-//! does a new session when the descriptors run out: `EMFILE`), and drops
-//! each after `--timeout`. The answer itself is only looked at
+//! most `--max-clients` of them (a new HELLO pushes out the oldest that
+//! has not answered, and so does a new session when the descriptors run
+//! out: `EMFILE`), and drops each after `--timeout`. The answer itself is only looked at
 //! (`MSG_PEEK`): it is the session's first datagram. A client's own
 //! answer is an ACK sent right after the WELCOME; if that one were lost,
 //! its first request would answer instead.
@@ -89,7 +89,8 @@
 //!   most `rmem_max`; ipclab asks for 512 KiB.
 //! * Memory per session, whatever the peer does: [`RECV_WINDOW`] received
 //!   and unread, [`WINDOW`] datagrams sent and unacknowledged, one datagram
-//!   buffer. Half-open sessions: [`HALF_OPEN`] sockets, `--timeout` each.
+//!   buffer. Half-open sessions: `--max-clients` sockets at most,
+//!   `--timeout` each.
 //! * Descriptors: one socket per session, so `RLIMIT_NOFILE` (`ulimit -n`)
 //!   bounds the sessions; out of them, a HELLO is dropped (the server says
 //!   so once) and its client, which sends it again, is served when some
@@ -257,15 +258,11 @@ struct UdpServer {
     sock: UdpSocket,
     local: SocketAddr,
     /// Sessions whose WELCOME is sent and whose client has not answered
-    /// yet, oldest first: at most [`HALF_OPEN`], each for at most
+    /// yet, oldest first: at most `--max-clients`, each for at most
     /// `--timeout`. They hold a socket but no session slot and no thread.
     half_open: VecDeque<HalfOpen>,
     cfg: Config,
 }
-
-/// Half-open sessions kept at once; a new HELLO beyond that pushes out the
-/// oldest (which a real client would long have answered).
-pub const HALF_OPEN: usize = 64;
 
 /// A session socket waiting for the client's first datagram on it.
 struct HalfOpen {
@@ -274,6 +271,20 @@ struct HalfOpen {
     pid: i32,
     nonce: u64,
     since: Instant,
+}
+
+impl HalfOpen {
+    /// Has the client answered? `Err` if it never will (an ICMP error:
+    /// its port is closed).
+    fn answered(&self) -> nix::Result<bool> {
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        match socket::recv(self.sock.as_raw_fd(), &mut [0u8; 1], flags) {
+            // The datagram stays queued: it is the session's first.
+            Ok(_) => Ok(true),
+            Err(Errno::EAGAIN | Errno::EINTR) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// The WELCOME: the magic and the server's pid.
@@ -295,7 +306,7 @@ impl UdpServer {
         let sock = match socket_at(at, self.cfg.timeout) {
             Err(e)
                 if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-                    && self.half_open.pop_front().is_some() =>
+                    && self.push_out() =>
             {
                 socket_at(at, self.cfg.timeout)?
             }
@@ -307,6 +318,16 @@ impl UdpServer {
             return Ok(None);
         }
         Ok(Some(sock))
+    }
+
+    /// Make room: drop the oldest half-open session whose client has not
+    /// answered (one that has is served at the next accept). False if
+    /// there is none.
+    fn push_out(&mut self) -> bool {
+        match self.half_open.iter().position(|h| h.answered() != Ok(true)) {
+            Some(i) => self.half_open.remove(i).is_some(),
+            None => false,
+        }
     }
 
     /// One HELLO from the listening socket, if there is one: a half-open
@@ -336,8 +357,10 @@ impl UdpServer {
             // A new session from the same address replaces the old one.
             self.half_open.remove(i);
         }
-        if self.half_open.len() >= HALF_OPEN {
-            self.half_open.pop_front();
+        if self.half_open.len() >= self.cfg.max_clients.max(1) && !self.push_out() {
+            // All of them have answered and will be sessions at the next
+            // accepts; this client sends its HELLO again.
+            return Ok(());
         }
         let Some(sock) = self.session_socket(from)? else {
             return Ok(());
@@ -388,15 +411,8 @@ impl Listener for UdpServer {
         // Answers first: a client that has answered is served before more
         // HELLOs are read.
         if let Some(i) = ready[1..].iter().position(|&r| r) {
-            let mut probe = [0u8; 1];
-            let peeked = socket::recv(
-                self.half_open[i].sock.as_raw_fd(),
-                &mut probe,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-            );
-            match peeked {
-                // The datagram stays queued: it is the session's first.
-                Ok(_) => {
+            match self.half_open[i].answered() {
+                Ok(true) => {
                     if let Some(h) = self.half_open.remove(i) {
                         return Ok(Some(Box::new(UdpLink::new(
                             h.sock,
@@ -407,7 +423,7 @@ impl Listener for UdpServer {
                         ))));
                     }
                 }
-                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Ok(false) => {}
                 // ICMP port unreachable (the client is gone) or another
                 // error of that socket: the handshake is over.
                 Err(_) => {
