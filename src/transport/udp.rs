@@ -37,10 +37,10 @@
 //! accept loop (`poll(2)` on the listening socket and theirs), keeps at
 //! most `--max-clients` of them (a new HELLO pushes out the oldest that
 //! has not answered, and so does a new session when the descriptors run
-//! out: `EMFILE`), and drops each after `--timeout`. The answer itself is only looked at
-//! (`MSG_PEEK`): it is the session's first datagram. A client's own
-//! answer is an ACK sent right after the WELCOME; if that one were lost,
-//! its first request would answer instead.
+//! out: `EMFILE`), and drops each after `--timeout`. The answer itself is
+//! only looked at (`MSG_PEEK`): it is the session's first datagram. A
+//! client's own answer is an ACK sent right after the WELCOME; if that
+//! one were lost, its first request would answer instead.
 //!
 //! # Reliability: a sliding window with cumulative acknowledgements
 //! Every datagram starts with 12 bytes: kind (DATA, ACK, FIN), flags, a
@@ -56,10 +56,10 @@
 //!   with the sender's next retransmission, so a peer that sends and never
 //!   reads or acknowledges cannot make it buffer more. A duplicate or a
 //!   gap is answered with an ACK of what it has (go-back-N: the sender
-//!   then retransmits). Acknowledgements ride on the receiver's
-//!   own DATA when there is some (in a ping-pong, always: the reply
-//!   acknowledges the request), so a small round trip is just two
-//!   datagrams, like raw UDP.
+//!   then retransmits). Acknowledgements ride on the receiver's own DATA
+//!   when there is some (in a ping-pong, always: the reply acknowledges
+//!   the request), so a small round trip is just two datagrams, like raw
+//!   UDP.
 //! * A waiter that hears nothing for a quarter second retransmits what is
 //!   unacknowledged (and an ACK it owes), then checks its deadline and its
 //!   peer. The retransmission timeout is the period of [`crate::interrupt`]'s
@@ -305,7 +305,8 @@ impl UdpServer {
         let at = SocketAddr::new(self.local.ip(), 0);
         let sock = match socket_at(at, self.cfg.timeout) {
             Err(e)
-                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                if [Errno::EMFILE, Errno::ENFILE]
+                    .contains(&Errno::from_raw(e.raw_os_error().unwrap_or(0)))
                     && self.push_out() =>
             {
                 socket_at(at, self.cfg.timeout)?
@@ -738,8 +739,8 @@ impl UdpLink {
         let mut round = 0;
         while !self.unacked.is_empty() {
             overdue(round, deadline, "waiting for the peer to acknowledge")?;
-            round += 1;
             self.pump(deadline, "waiting for the peer to acknowledge")?;
+            round += 1;
         }
         Ok(())
     }
