@@ -16,14 +16,31 @@
 //! ```text
 //!   client (any port)                 server, listening on 127.0.0.1:8008
 //!   HELLO {pid, nonce} ──────────────▶ creates a new socket on 127.0.0.1:P,
-//!                                      connect()s it to the client
+//!                                      connect()s it to the client:
+//!                                      a *half-open* session
 //!   WELCOME {pid} ◀─────────────────── sent from 127.0.0.1:P
 //!   connect(127.0.0.1:P)
+//!   ACK ─────────────────────────────▶ the answer: now a session, with a
+//!                                      thread and a slot of --max-clients
 //!   DATA/ACK ◀───────────────────────▶ the session's own pair of sockets
 //! ```
 //! Each session gets its own socket on the server, so the kernel routes a
 //! datagram to the right session by its addresses: no demultiplexing thread.
-//! A HELLO or WELCOME that goes missing is sent again after a quarter second.
+//! A HELLO or WELCOME that goes missing is sent again after a quarter second
+//! (a repeated HELLO gets the same WELCOME again, from the same socket).
+//!
+//! Why the third step: a HELLO costs its sender 16 bytes and nothing else
+//! (its sender may even be gone already), while a session costs the server
+//! a socket, a thread and one of its `--max-clients` places for as long as
+//! the idle timeout. So, as TCP does with its SYN queue, the server keeps
+//! sessions whose client has not answered apart: it waits for them in its
+//! accept loop (`poll(2)` on the listening socket and theirs), keeps at
+//! most `--max-clients` of them (a new HELLO pushes out the oldest that
+//! has not answered, and so does a new session when the descriptors run
+//! out: `EMFILE`), and drops each after `--timeout`. The answer itself is
+//! only looked at (`MSG_PEEK`): it is the session's first datagram. A
+//! client's own answer is an ACK sent right after the WELCOME; if that
+//! one were lost, its first request would answer instead.
 //!
 //! # Reliability: a sliding window with cumulative acknowledgements
 //! Every datagram starts with 12 bytes: kind (DATA, ACK, FIN), flags, a
@@ -33,17 +50,28 @@
 //!   [`WINDOW`] of them in flight: 4 × 32 KiB stays below the receiver's
 //!   buffer, so the window itself prevents the overflow drop. The datagram
 //!   that fills the window asks for an immediate ACK.
-//! * A receiver accepts only the next sequence number, in order; a
-//!   duplicate or a gap is answered with an ACK of what it has (go-back-N:
-//!   the sender then retransmits). Acknowledgements ride on the receiver's
-//!   own DATA when there is some (in a ping-pong, always: the reply
-//!   acknowledges the request), so a small round trip is just two
-//!   datagrams, like raw UDP.
+//! * A receiver accepts only the next sequence number, in order, and only
+//!   while what it holds unread stays within [`RECV_WINDOW`] (a window's
+//!   worth): DATA beyond that is dropped unacknowledged and comes again
+//!   with the sender's next retransmission, so a peer that sends and never
+//!   reads or acknowledges cannot make it buffer more. A duplicate or a
+//!   gap is answered with an ACK of what it has (go-back-N: the sender
+//!   then retransmits). Acknowledgements ride on the receiver's own DATA
+//!   when there is some (in a ping-pong, always: the reply acknowledges
+//!   the request), so a small round trip is just two datagrams, like raw
+//!   UDP.
 //! * A waiter that hears nothing for a quarter second retransmits what is
 //!   unacknowledged (and an ACK it owes), then checks its deadline and its
 //!   peer. The retransmission timeout is the period of [`crate::interrupt`]'s
 //!   wake-up: long for a network, generous for loopback, where it only
-//!   fires after a real drop.
+//!   fires after a real drop. A waiter that keeps receiving datagrams that
+//!   do not move it on (a peer that sends but never acknowledges, or
+//!   repeats itself) gives up at its deadline all the same.
+//! * Every field of a datagram is the peer's word, and checked: one longer
+//!   than `HEADER + CHUNK` (`recv` with `MSG_TRUNC` tells its real length)
+//!   or acknowledging a sequence number never sent is not ours and is
+//!   dropped whole; sequence numbers never wrap (2^32 datagrams end the
+//!   session).
 //! * The acknowledgement of the *last* data of a conversation is the one
 //!   thing that can stay owed: with no reply to ride on and no timer
 //!   thread, it is sent when the receiver next reads, writes or flushes. A
@@ -59,20 +87,28 @@
 //! * 65,507 bytes per IPv4 datagram; ipclab uses 32 KiB.
 //! * Socket buffers: `/proc/sys/net/core/rmem_default` (208 KiB here), at
 //!   most `rmem_max`; ipclab asks for 512 KiB.
+//! * Memory per session, whatever the peer does: [`RECV_WINDOW`] received
+//!   and unread, [`WINDOW`] datagrams sent and unacknowledged, one datagram
+//!   buffer. Half-open sessions: `--max-clients` sockets at most,
+//!   `--timeout` each.
+//! * Descriptors: one socket per session, so `RLIMIT_NOFILE` (`ulimit -n`)
+//!   bounds the sessions; out of them, a HELLO is dropped (the server says
+//!   so once) and its client, which sends it again, is served when some
+//!   are back.
 //!
 //! # System calls
-//! `socket(2)`, `bind(2)`, `connect(2)`, `send(2)`, `recv(2)`, `recvfrom(2)`,
-//! `sendto(2)`, `poll(2)`, `setsockopt(2)` (`SO_RCVBUF`, `SO_SNDTIMEO`); see
-//! `udp(7)`.
+//! `socket(2)`, `bind(2)`, `connect(2)`, `send(2)`, `recv(2)` (`MSG_PEEK`,
+//! `MSG_TRUNC`), `recvfrom(2)`, `sendto(2)`, `poll(2)`, `setsockopt(2)`
+//! (`SO_RCVBUF`, `SO_SNDTIMEO`); see `udp(7)`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{self, MsgFlags, sockopt};
 
 use super::tcp::resolve;
@@ -84,13 +120,23 @@ use crate::runtime;
 pub const CHUNK: usize = 32 * 1024;
 /// DATA datagrams in flight, unacknowledged.
 pub const WINDOW: usize = 4;
-const HEADER: usize = 12;
-const MAGIC: &[u8; 4] = b"IPCU";
+/// Bytes a receiver keeps received and not yet read: a window's worth.
+/// DATA beyond that is dropped unacknowledged, and sent again.
+pub const RECV_WINDOW: usize = WINDOW * CHUNK;
+/// Bytes of the header every session datagram starts with: kind, flags,
+/// two unused bytes, sequence number, cumulative acknowledgement (both u32,
+/// little-endian).
+pub const HEADER: usize = 12;
+/// The first 4 bytes of a HELLO (16 bytes: magic, pid, nonce) and of a
+/// WELCOME (8 bytes: magic, pid).
+pub const MAGIC: &[u8; 4] = b"IPCU";
 
-const DATA: u8 = 1;
-const ACK: u8 = 2;
-const FIN: u8 = 3;
-const ACK_NOW: u8 = 1;
+/// Datagram kinds: data, a bare acknowledgement, the end of a stream.
+pub const DATA: u8 = 1;
+pub const ACK: u8 = 2;
+pub const FIN: u8 = 3;
+/// Flag: acknowledge this datagram at once.
+pub const ACK_NOW: u8 = 1;
 
 /// The UDP transport.
 pub struct Udp;
@@ -138,10 +184,11 @@ impl Transport for Udp {
             };
             io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}{hint}"))
         })?;
+        sock.set_nonblocking(true)?;
         Ok(Box::new(UdpServer {
             local: sock.local_addr()?,
             sock,
-            recent: HashMap::new(),
+            half_open: VecDeque::new(),
             cfg: cfg.clone(),
         }))
     }
@@ -176,15 +223,13 @@ impl Transport for Udp {
             if runtime::wait_readable(&sock, wait)? {
                 match sock.recv_from(&mut buf) {
                     Ok((8, from)) if &buf[..4] == MAGIC => {
-                        let pid = i32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+                        let pid = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
                         sock.connect(from)?;
-                        return Ok(Box::new(UdpLink::new(
-                            sock,
-                            from,
-                            pid,
-                            cfg.timeout,
-                            cfg.timeout,
-                        )));
+                        let mut link = UdpLink::new(sock, from, pid, cfg.timeout, cfg.timeout);
+                        // The answer that makes the server's half-open
+                        // session a session.
+                        link.send_ack()?;
+                        return Ok(Box::new(link));
                     }
                     Ok(_) => {} // not a WELCOME: ignore it
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -209,12 +254,127 @@ impl Transport for Udp {
 }
 
 struct UdpServer {
+    /// Receives HELLOs only; non-blocking.
     sock: UdpSocket,
     local: SocketAddr,
-    /// Sessions started lately, by client address: a repeated HELLO (its
-    /// WELCOME was lost) gets the WELCOME again instead of a new session.
-    recent: HashMap<SocketAddr, (u64, Arc<UdpSocket>, Instant)>,
+    /// Sessions whose WELCOME is sent and whose client has not answered
+    /// yet, oldest first: at most `--max-clients`, each for at most
+    /// `--timeout`. They hold a socket but no session slot and no thread.
+    half_open: VecDeque<HalfOpen>,
     cfg: Config,
+}
+
+/// A session socket waiting for the client's first datagram on it.
+struct HalfOpen {
+    sock: UdpSocket,
+    from: SocketAddr,
+    pid: i32,
+    nonce: u64,
+    since: Instant,
+}
+
+impl HalfOpen {
+    /// Has the client answered? `Err` if it never will (an ICMP error:
+    /// its port is closed).
+    fn answered(&self) -> nix::Result<bool> {
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        match socket::recv(self.sock.as_raw_fd(), &mut [0u8; 1], flags) {
+            // The datagram stays queued: it is the session's first.
+            Ok(_) => Ok(true),
+            Err(Errno::EAGAIN | Errno::EINTR) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The WELCOME: the magic and the server's pid.
+fn welcome() -> [u8; 8] {
+    let mut w = [0u8; 8];
+    w[..4].copy_from_slice(MAGIC);
+    w[4..].copy_from_slice(&(std::process::id() as i32).to_le_bytes());
+    w
+}
+
+impl UdpServer {
+    /// A socket of its own for a session with `from`, connected to it, that
+    /// has sent the WELCOME; `None` if `from` cannot be reached. Out of
+    /// descriptors, the oldest half-open session gives its own up for it;
+    /// with none to give, that is the error (the server reports it and
+    /// goes on: the client sends its HELLO again).
+    fn session_socket(&mut self, from: SocketAddr) -> io::Result<Option<UdpSocket>> {
+        let at = SocketAddr::new(self.local.ip(), 0);
+        let sock = match socket_at(at, self.cfg.timeout) {
+            Err(e)
+                if [Errno::EMFILE, Errno::ENFILE]
+                    .contains(&Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+                    && self.push_out() =>
+            {
+                socket_at(at, self.cfg.timeout)?
+            }
+            r => r?,
+        };
+        // Whatever goes wrong here concerns this one client only, and
+        // there is no one to tell: its HELLO is dropped, as if lost.
+        if sock.connect(from).is_err() || sock.send(&welcome()).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(sock))
+    }
+
+    /// Make room: drop the oldest half-open session whose client has not
+    /// answered (one that has is served at the next accept). False if
+    /// there is none.
+    fn push_out(&mut self) -> bool {
+        match self.half_open.iter().position(|h| h.answered() != Ok(true)) {
+            Some(i) => self.half_open.remove(i).is_some(),
+            None => false,
+        }
+    }
+
+    /// One HELLO from the listening socket, if there is one: a half-open
+    /// session for it, or its WELCOME again if it is a repeat.
+    fn hello(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 64];
+        let (n, from) = match self.sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            // An ICMP error for something sent from this socket: nothing to do.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if n != 16 || &buf[..4] != MAGIC {
+            return Ok(()); // not a HELLO of ours: ignore it
+        }
+        let pid = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let nonce = u64::from_le_bytes([
+            buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
+        ]);
+        if let Some(i) = self.half_open.iter().position(|h| h.from == from) {
+            if self.half_open[i].nonce == nonce {
+                // Its WELCOME was lost: the same again, from the same socket.
+                let _ = self.half_open[i].sock.send(&welcome());
+                return Ok(());
+            }
+            // A new session from the same address replaces the old one.
+            self.half_open.remove(i);
+        }
+        if self.half_open.len() >= self.cfg.max_clients.max(1) && !self.push_out() {
+            // All of them have answered and will be sessions at the next
+            // accepts; this client sends its HELLO again.
+            return Ok(());
+        }
+        let Some(sock) = self.session_socket(from)? else {
+            return Ok(());
+        };
+        self.half_open.push_back(HalfOpen {
+            sock,
+            from,
+            pid,
+            nonce,
+            since: Instant::now(),
+        });
+        Ok(())
+    }
 }
 
 impl Listener for UdpServer {
@@ -226,48 +386,57 @@ impl Listener for UdpServer {
         Some(self.local)
     }
 
+    /// Wait for a HELLO or for a client's answer to its WELCOME; only the
+    /// answer makes a session.
     fn accept(&mut self, wait: Duration) -> io::Result<Option<Box<dyn Link>>> {
-        self.recent
-            .retain(|_, (_, _, at)| at.elapsed() < Duration::from_secs(10));
-        if !runtime::wait_readable(&self.sock, wait)? {
-            return Ok(None);
-        }
-        let mut buf = [0u8; 64];
-        let (n, from) = match self.sock.recv_from(&mut buf) {
-            Ok(x) => x,
-            // An ICMP error for something we sent: nothing to accept.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(None),
-            Err(e) => return Err(e),
+        let timeout = self.cfg.timeout;
+        self.half_open.retain(|h| h.since.elapsed() < timeout);
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = std::iter::once(&self.sock)
+                .chain(self.half_open.iter().map(|h| &h.sock))
+                .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+                .collect();
+            let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(0) | Err(Errno::EINTR) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
         };
-        if n != 16 || &buf[..4] != MAGIC {
-            return Ok(None); // not a HELLO of ours: ignore it
-        }
-        let pid = i32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
-        let nonce = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
-        let mut welcome = Vec::with_capacity(8);
-        welcome.extend_from_slice(MAGIC);
-        welcome.extend_from_slice(&(std::process::id() as i32).to_le_bytes());
-        if let Some((n, s, _)) = self.recent.get(&from)
-            && *n == nonce
-        {
-            let _ = s.send(&welcome);
+        // Answers first: a client that has answered is served before more
+        // HELLOs are read.
+        if let Some(i) = ready[1..].iter().position(|&r| r) {
+            match self.half_open[i].answered() {
+                Ok(true) => {
+                    if let Some(h) = self.half_open.remove(i) {
+                        return Ok(Some(Box::new(UdpLink::new(
+                            h.sock,
+                            h.from,
+                            h.pid,
+                            self.cfg.idle_timeout,
+                            self.cfg.timeout,
+                        ))));
+                    }
+                }
+                Ok(false) => {}
+                // ICMP port unreachable (the client is gone) or another
+                // error of that socket: the handshake is over.
+                Err(_) => {
+                    self.half_open.remove(i);
+                }
+            }
             return Ok(None);
         }
-        let session = socket_at(SocketAddr::new(self.local.ip(), 0), self.cfg.timeout)?;
-        session.connect(from)?;
-        session.send(&welcome)?;
-        let session = Arc::new(session);
-        self.recent
-            .insert(from, (nonce, Arc::clone(&session), Instant::now()));
-        let sock = Arc::try_unwrap(session)
-            .unwrap_or_else(|s| s.try_clone().expect("a session socket can be duplicated"));
-        Ok(Some(Box::new(UdpLink::new(
-            sock,
-            from,
-            pid,
-            self.cfg.idle_timeout,
-            self.cfg.timeout,
-        ))))
+        if ready[0] {
+            self.hello()?;
+        }
+        Ok(None)
     }
 }
 
@@ -286,14 +455,13 @@ struct UdpLink {
     expected: u32,
     /// We received DATA we have not acknowledged yet.
     ack_owed: bool,
-    /// Payloads received in order, not yet read.
-    inbox: VecDeque<Vec<u8>>,
-    /// Read position in `inbox.front()`.
-    roff: usize,
+    /// Bytes received in order, not yet read: at most [`RECV_WINDOW`].
+    inbox: VecDeque<u8>,
     eof: bool,
+    /// One received datagram.
     dgram: Vec<u8>,
-    /// Buffers of acknowledged datagrams and read payloads, reused so that
-    /// a round trip allocates nothing once the session is warm.
+    /// Buffers of acknowledged datagrams, reused so that a round trip
+    /// allocates nothing once the session is warm.
     spare: Vec<Vec<u8>>,
 }
 
@@ -316,7 +484,6 @@ impl UdpLink {
             expected: 1,
             ack_owed: false,
             inbox: VecDeque::new(),
-            roff: 0,
             eof: false,
             dgram: vec![0; HEADER + CHUNK],
             spare: Vec::new(),
@@ -340,10 +507,10 @@ impl UdpLink {
         }
     }
 
-    /// Keep a few buffers for reuse (a window's worth and the reads in
-    /// between), not every one a large message ever needed.
+    /// Keep a window's worth of buffers for reuse, not every one a large
+    /// message ever needed.
     fn recycle(&mut self, b: Vec<u8>) {
-        if self.spare.len() < 2 * WINDOW {
+        if self.spare.len() < WINDOW {
             self.spare.push(b);
         }
     }
@@ -354,36 +521,47 @@ impl UdpLink {
         self.send_raw(&h)
     }
 
-    /// Handle one received datagram.
+    /// Handle one received datagram of `n` bytes (its real length, which
+    /// may exceed the buffer it was received into).
     fn process(&mut self, n: usize) -> io::Result<()> {
-        if n < HEADER {
-            return Ok(()); // not ours
+        if n < HEADER || n > self.dgram.len() {
+            // Not ours: too short for the header, or longer than any DATA
+            // (the buffer got only its beginning).
+            return Ok(());
         }
-        let (kind, flags) = (self.dgram[0], self.dgram[1]);
-        let seq = u32::from_le_bytes(self.dgram[4..8].try_into().expect("4 bytes"));
-        let acked = u32::from_le_bytes(self.dgram[8..12].try_into().expect("4 bytes"));
+        let d = &self.dgram;
+        let (kind, flags) = (d[0], d[1]);
+        let seq = u32::from_le_bytes([d[4], d[5], d[6], d[7]]);
+        let acked = u32::from_le_bytes([d[8], d[9], d[10], d[11]]);
+        if acked >= self.next_seq {
+            // It acknowledges what we never sent: a forgery, not taken.
+            return Ok(());
+        }
         while self.unacked.front().is_some_and(|(s, _)| *s <= acked) {
             if let Some((_, d)) = self.unacked.pop_front() {
                 self.recycle(d);
             }
         }
         match kind {
-            DATA | FIN if seq == self.expected => {
-                self.expected += 1;
-                if kind == FIN {
-                    self.eof = true;
+            DATA if seq == self.expected => {
+                let payload = &self.dgram[HEADER..n];
+                if self.inbox.len() + payload.len() > RECV_WINDOW {
+                    // No room until the reader takes some: dropped, not
+                    // acknowledged; the sender sends it again.
+                    return Ok(());
+                }
+                self.expected = next(seq)?;
+                self.inbox.extend(payload);
+                if flags & ACK_NOW != 0 {
                     self.send_ack()?;
                 } else {
-                    let mut payload = self.spare.pop().unwrap_or_default();
-                    payload.clear();
-                    payload.extend_from_slice(&self.dgram[HEADER..n]);
-                    self.inbox.push_back(payload);
-                    if flags & ACK_NOW != 0 {
-                        self.send_ack()?;
-                    } else {
-                        self.ack_owed = true;
-                    }
+                    self.ack_owed = true;
                 }
+            }
+            FIN if seq == self.expected => {
+                self.expected = next(seq)?;
+                self.eof = true;
+                self.send_ack()?;
             }
             // A duplicate (our ACK was lost) or a gap (something before it
             // was): say what we have; the sender goes back to it.
@@ -422,7 +600,9 @@ impl UdpLink {
                         _ => Ok(()),
                     }
                 },
-                || socket::recv(fd, dgram, MsgFlags::empty()),
+                // MSG_TRUNC: the datagram's real length, even if longer
+                // than the buffer (then it is not ours).
+                || socket::recv(fd, dgram, MsgFlags::MSG_TRUNC),
             )
             .map_err(peer_gone)?
         };
@@ -433,8 +613,12 @@ impl UdpLink {
     /// waiting for room in the window.
     fn send_data(&mut self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
         let deadline = Instant::now() + self.write_timeout;
+        let waiting = "waiting for the peer to acknowledge";
+        let mut round = 0;
         while self.unacked.len() >= WINDOW {
-            self.pump(deadline, "waiting for the peer to acknowledge")?;
+            overdue(round, deadline, waiting)?;
+            self.pump(deadline, waiting)?;
+            round += 1;
         }
         let flags = if self.unacked.len() + 1 == WINDOW {
             ACK_NOW
@@ -442,16 +626,45 @@ impl UdpLink {
             0
         };
         let seq = self.next_seq;
+        let following = next(seq)?;
         let mut d = self.spare.pop().unwrap_or_default();
         d.clear();
         d.extend_from_slice(&self.header(DATA, flags, seq));
         let n = super::gather(parts, CHUNK, |_, p| d.extend_from_slice(p));
         self.send_raw(&d)?;
         self.ack_owed = false;
-        self.next_seq += 1;
+        self.next_seq = following;
         self.unacked.push_back((seq, d));
         Ok(n)
     }
+}
+
+/// The sequence number after `seq`. 2^32 datagrams (at least 4 GiB even of
+/// empty ones) end a session rather than wrap around.
+fn next(seq: u32) -> io::Result<u32> {
+    seq.checked_add(1).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the session used up its 2^32 sequence numbers: start a new one",
+        )
+    })
+}
+
+/// A wait that keeps receiving datagrams that do not move it on (a peer
+/// that sends but never acknowledges, that repeats itself or sends more
+/// than the window) must still end at its deadline. Checked from the
+/// second `round` on, so a wait answered by its first datagram — the round
+/// trip's hot path — reads no clock for it.
+fn overdue(round: u32, deadline: Instant, waiting: &str) -> io::Result<()> {
+    if round > 0 && Instant::now() >= deadline {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "timed out {waiting}: datagrams came, but not the ones awaited (--timeout sets the limit)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `ECONNREFUSED` on a connected UDP socket: the ICMP "port unreachable"
@@ -473,23 +686,23 @@ fn peer_gone(e: impl Into<io::Error>) -> io::Error {
 impl Read for UdpLink {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let deadline = Instant::now() + self.read_timeout;
+        let waiting = "waiting for the peer to send";
+        let mut round = 0;
         while self.inbox.is_empty() {
             if self.eof {
                 return Ok(0);
             }
-            self.pump(deadline, "waiting for the peer to send")?;
+            overdue(round, deadline, waiting)?;
+            self.pump(deadline, waiting)?;
+            round += 1;
         }
-        let front = self.inbox.front().expect("not empty");
-        let n = buf.len().min(front.len() - self.roff);
-        buf[..n].copy_from_slice(&front[self.roff..self.roff + n]);
-        self.roff += n;
-        if self.roff == front.len() {
-            if let Some(done) = self.inbox.pop_front() {
-                self.recycle(done);
-            }
-            self.roff = 0;
-        }
-        Ok(n)
+        let (a, b) = self.inbox.as_slices();
+        let n1 = a.len().min(buf.len());
+        buf[..n1].copy_from_slice(&a[..n1]);
+        let n2 = b.len().min(buf.len() - n1);
+        buf[n1..n1 + n2].copy_from_slice(&b[..n2]);
+        self.inbox.drain(..n1 + n2);
+        Ok(n1 + n2)
     }
 }
 
@@ -523,8 +736,11 @@ impl UdpLink {
     #[cfg(test)]
     fn wait_acked(&mut self) -> io::Result<()> {
         let deadline = Instant::now() + self.write_timeout;
+        let mut round = 0;
         while !self.unacked.is_empty() {
+            overdue(round, deadline, "waiting for the peer to acknowledge")?;
             self.pump(deadline, "waiting for the peer to acknowledge")?;
+            round += 1;
         }
         Ok(())
     }
@@ -542,6 +758,7 @@ impl Drop for UdpLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Two links talking through a proxy that drops every 5th data

@@ -14,6 +14,7 @@ mod msgq;
 mod posix_mq;
 mod shm;
 mod signal;
+mod udp;
 mod unix_dgram;
 
 use crate::common::Env;
@@ -66,6 +67,7 @@ pub fn for_transport(transport: &str) -> Vec<Attack> {
         ],
         "msgq" => msgq::attacks(),
         "signal" => signal::attacks(),
+        "udp" => udp::attacks(),
         _ => Vec::new(),
     }
 }
