@@ -52,6 +52,9 @@ pub struct Baseline {
 impl Baseline {
     pub fn take(server: &ServerProcess) -> Baseline {
         let pid = server.pid();
+        // Restart the kernel's peak-RSS count (VmHWM) from the current RSS,
+        // so an earlier attack's peak is not charged to this one.
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
         Baseline {
             pid,
             fds: proc_stat::fds(pid),
@@ -74,6 +77,10 @@ impl Baseline {
             "{name}: under '{what}' the server's peak memory reached {hwm} KiB \
              (from {} KiB; bound +{grow_kib} KiB)",
             self.rss_kib
+        );
+        eprintln!(
+            "hostile: {name:<15} {what:<45} server peak memory +{} KiB (bound +{grow_kib} KiB)",
+            hwm.saturating_sub(self.rss_kib)
         );
         next_client_is_served(env, server, Duration::from_secs(15));
         let until = Instant::now() + Duration::from_secs(5);
@@ -142,6 +149,7 @@ pub fn announced_lengths_are_not_allocated(env: Env) {
 pub fn oversized_request_gets_the_error(mut env: Env) {
     env.cfg.max_frame = 1 << 20;
     let server = env.server();
+    let base = Baseline::take(&server);
     let mut cfg = server.client_config(&env.cfg);
     cfg.max_frame = 4 << 20;
     let out = Command::new(exe())
@@ -165,7 +173,6 @@ pub fn oversized_request_gets_the_error(mut env: Env) {
         "{}: the server's refusal did not reach the client: {stderr}",
         env.transport.name()
     );
-    let base = Baseline::take(&server);
     base.holds(&env, &server, 16 * MIB, "oversized request");
 }
 
