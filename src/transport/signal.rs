@@ -594,6 +594,14 @@ impl<S: Side> SigLink<S> {
         }));
         for w in words {
             while self.unacked_out >= WINDOW {
+                if self.eof {
+                    // The peer ended the session (it may have said why in
+                    // what it sent before its BYE: that is still readable).
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the peer ended the session while we were sending",
+                    ));
+                }
                 self.pump(deadline, "waiting for the peer to acknowledge")?;
             }
             self.side.send(sig_data(), w)?;
