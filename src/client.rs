@@ -25,11 +25,9 @@ pub struct Client {
 impl Client {
     /// Connect to the server of `transport` described by `cfg`.
     pub fn connect(transport: &dyn Transport, cfg: &Config, form: Form) -> io::Result<Self> {
-        Ok(Self::from_link(
-            transport.connect(cfg)?,
-            cfg.max_frame,
-            form,
-        ))
+        let mut c = Self::from_link(transport.connect(cfg)?, cfg.max_frame, form);
+        c.conn.set_message_timeout(cfg.timeout);
+        Ok(c)
     }
 
     /// Speak the protocol over a link made elsewhere.

@@ -32,6 +32,12 @@ use crate::protocol::{self, Form, HEADER_LEN, Message, Reply, Request, Scan, kin
 /// Initial size of a connection's receive buffer.
 const INITIAL_BUFFER: usize = 64 * 1024;
 
+/// Least progress a peer must make on a message it has begun, per message
+/// timeout: a peer that trickles a byte now and then (slowloris) cannot
+/// hold a session — or a client — forever, while the slowest mechanism
+/// (signals, about 1 MB/s) is far above it.
+const MIN_PROGRESS: usize = 4096;
+
 /// A byte link cut into protocol messages.
 pub struct FramedConn<L> {
     link: L,
@@ -46,6 +52,9 @@ pub struct FramedConn<L> {
     max: usize,
     /// Read every message as a line (the reply to a text request).
     lines_only: bool,
+    /// A message begun must grow by [`MIN_PROGRESS`] bytes (or end) within
+    /// each such period.
+    message_timeout: std::time::Duration,
 }
 
 impl<L: Read + Write> FramedConn<L> {
@@ -61,7 +70,15 @@ impl<L: Read + Write> FramedConn<L> {
             consume: 0,
             max,
             lines_only: false,
+            message_timeout: std::time::Duration::from_secs(5),
         }
+    }
+
+    /// How long a peer may take to make [`MIN_PROGRESS`] bytes of progress
+    /// on a message it has begun (default 5 s; servers and clients set it
+    /// to `--timeout`).
+    pub fn set_message_timeout(&mut self, timeout: std::time::Duration) {
+        self.message_timeout = timeout;
     }
 
     /// Read the next messages as lines, whatever their first byte (for
@@ -97,12 +114,36 @@ impl<L: Read + Write> FramedConn<L> {
             self.end = 0;
             self.searched = 0;
         }
+        // Since when, and from how many bytes, progress is counted: the
+        // clock is read only once a message is incomplete after a read.
+        let mut window: Option<(std::time::Instant, usize)> = None;
         let used = loop {
             let avail = &self.buf[self.start..self.end];
             match protocol::scan_with(avail, self.searched, self.max, self.lines_only) {
                 Scan::Complete(_, used) => break used,
                 Scan::Incomplete { need } => {
                     let have = avail.len();
+                    if have > 0 {
+                        let now = std::time::Instant::now();
+                        match window {
+                            None => window = Some((now, have)),
+                            Some((since, from)) if now - since >= self.message_timeout => {
+                                if have - from < MIN_PROGRESS {
+                                    return Err(io::Error::new(
+                                        io::ErrorKind::TimedOut,
+                                        format!(
+                                            "the peer sent {have} bytes of a message, only {} of them in the last {:.1} s: \
+                                             too slow (--timeout sets the limit)",
+                                            have - from,
+                                            self.message_timeout.as_secs_f64()
+                                        ),
+                                    ));
+                                }
+                                window = Some((now, have));
+                            }
+                            Some(_) => {}
+                        }
+                    }
                     if have > 0 && (self.lines_only || avail[0] != protocol::MAGIC) {
                         self.searched = have;
                     }
@@ -483,6 +524,42 @@ mod tests {
         let mut c = conn(input, 1 << 20, 16 << 20);
         let m = c.recv().unwrap().unwrap();
         assert!(matches!(protocol::parse_request(&m), Ok(Request::Echo(p)) if p == &big[..]));
+    }
+
+    /// A link that hands out one byte per read, each after a pause.
+    struct Trickle(Vec<u8>, std::time::Duration);
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(self.1);
+            if self.0.is_empty() || buf.is_empty() {
+                return Ok(0);
+            }
+            buf[0] = self.0.remove(0);
+            Ok(1)
+        }
+    }
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_peer_that_trickles_a_message_times_out() {
+        let ms = std::time::Duration::from_millis;
+        let mut c = FramedConn::new(Trickle(b"echo slowly, slowly\n".to_vec(), ms(20)), 1000);
+        c.set_message_timeout(ms(100));
+        let t = std::time::Instant::now();
+        let e = c.recv().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() < ms(400), "{:?}", t.elapsed());
+        // The same bytes at a pace that finishes in time: a message.
+        let mut c = FramedConn::new(Trickle(b"ping\n".to_vec(), ms(5)), 1000);
+        c.set_message_timeout(ms(200));
+        assert!(matches!(c.recv().unwrap().unwrap(), Message::Line(b"ping")));
     }
 
     #[test]

@@ -41,17 +41,21 @@ pub enum SessionEnd {
 /// Serve one client: answer requests until `quit`, end of stream, or an
 /// error. Returns how it ended and how many requests were answered.
 ///
-/// After refusing an oversized message the rest of it is read and dropped
-/// for at most `drain` (see [`FramedConn::discard_refused`]), so a client
+/// `timeout` (the server's `--timeout`) bounds how long a client may take to
+/// make progress on a message it has begun (a trickle of bytes does not hold
+/// a session: see [`FramedConn::set_message_timeout`]) and how long the rest
+/// of a refused oversized message is read and dropped (see
+/// [`FramedConn::discard_refused`]), so a client
 /// still sending it can finish and read the error reply on every
 /// transport — not only on those where the kernel keeps a closed peer's
 /// last bytes readable.
 pub fn serve_session<L: Read + Write>(
     link: L,
     max_frame: usize,
-    drain: Duration,
+    timeout: Duration,
 ) -> (u64, io::Result<SessionEnd>) {
     let mut conn = FramedConn::new(link, max_frame);
+    conn.set_message_timeout(timeout);
     let mut served = 0u64;
     let end = loop {
         let (msg, link) = match conn.recv_with_link() {
@@ -76,7 +80,7 @@ pub fn serve_session<L: Read + Write>(
             // not get through while the request fills it.
             if oversized {
                 let budget = (max_frame as u64).saturating_mul(4).max(64 << 20);
-                conn.discard_refused(budget, drain);
+                conn.discard_refused(budget, timeout);
             }
             // A failed error reply changes nothing: the session ends anyway.
             let _ = conn.send_reply(form, &Reply::Error(reason.as_bytes()));
@@ -163,7 +167,7 @@ pub fn run(
         active.fetch_add(1, Ordering::SeqCst);
         let guard = ActiveGuard(Arc::clone(&active));
         let max_frame = cfg.max_frame;
-        let drain = cfg.timeout;
+        let timeout = cfg.timeout;
         let spawned = std::thread::Builder::new()
             .name(format!("session-{id}"))
             .stack_size(256 * 1024)
@@ -172,7 +176,7 @@ pub fn run(
                 if log {
                     eprintln!("ipclab: client {id} connected");
                 }
-                let (served, end) = serve_session(&mut link, max_frame, drain);
+                let (served, end) = serve_session(&mut link, max_frame, timeout);
                 // No longer serving: free the place first, then let the link
                 // clean up (which may wait for the client to leave).
                 drop(guard);

@@ -176,6 +176,40 @@ pub fn oversized_request_gets_the_error(mut env: Env) {
     base.holds(&env, &server, 16 * MIB, "oversized request");
 }
 
+/// A peer that begins a message and then sends a byte now and then
+/// (slowloris) loses its session within about `--timeout`: with one session
+/// allowed, the next client is served while the trickle goes on.
+pub fn trickling_peer_loses_its_session(mut env: Env) {
+    env.cfg.max_clients = 1;
+    env.cfg.timeout = Duration::from_secs(1);
+    let server = env.server();
+    let base = Baseline::take(&server);
+    let mut link = server
+        .connect(env.transport, &server.client_config(&env.cfg))
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickling = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let _ = link.write_all(b"echo ");
+            let _ = link.flush();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(300));
+                if link.write_all(b"z").and_then(|()| link.flush()).is_err() {
+                    break; // the server let go of us
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    // Served within 5 s: --timeout (1 s) for the trickler to lose its
+    // session, and the server's own tick.
+    next_client_is_served(&env, &server, Duration::from_secs(5));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    trickling.join().unwrap();
+    base.holds(&env, &server, 8 * MIB, "a peer that trickles a message");
+}
+
 /// The server killed under a client's `--fill` loop: the client exits
 /// non-zero and says what happened, within its timeout.
 pub fn killed_server_fails_the_client(env: Env) {
@@ -294,6 +328,7 @@ macro_rules! hostile {
             #[test] fn announced_lengths_are_not_allocated() { super::run(T, super::announced_lengths_are_not_allocated) }
             #[test] fn oversized_request_gets_the_error() { super::run(T, super::oversized_request_gets_the_error) }
             #[test] fn killed_server_fails_the_client() { super::run(T, super::killed_server_fails_the_client) }
+            #[test] fn trickling_peer_loses_its_session() { super::run(T, super::trickling_peer_loses_its_session) }
             #[test] fn mechanism_attacks() { super::run(T, super::mechanism_attacks) }
         }
     };
