@@ -1,4 +1,4 @@
-//! Sizes and durations as people write and read them.
+//! Sizes, durations and names as people write and read them.
 
 use std::time::Duration;
 
@@ -19,6 +19,29 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// A name from the filesystem or another process (a path, a command line,
+/// a socket's address), made safe to print on a terminal: control
+/// characters — newlines, ESC sequences that would clear the screen or forge
+/// a line of output — are shown as `\n`, `\x1b` and so on, and a backslash
+/// as `\\`, so what is printed can be told apart from what it imitates.
+pub fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.chars().any(|c| c.is_control() || c == '\\') {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Parse seconds, fractions allowed: `5`, `0.5`.
@@ -72,6 +95,15 @@ pub fn fmt_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_printed_without_their_control_characters() {
+        assert_eq!(printable("/run/ipclab/t0.sock"), "/run/ipclab/t0.sock");
+        assert_eq!(
+            printable("a\x1b[2Jb\nc\\d\u{9b}"),
+            "a\\x1b[2Jb\\nc\\\\d\\x9b"
+        );
+    }
 
     #[test]
     fn sizes() {

@@ -297,3 +297,32 @@ fn a_missing_process_is_a_clear_error() {
         assert!(e.contains("no such process"), "{e}");
     });
 }
+
+/// A name chosen by another process (here: a file this test opens) cannot
+/// clear the screen or forge a line of `inspect`'s output: control
+/// characters are printed escaped.
+#[test]
+fn hostile_names_are_printed_escaped() {
+    let dir = tempfile::Builder::new()
+        .prefix("ipclab-t")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let path = dir.path().join("evil\x1b[2J\nforged line");
+    let f = File::create(&path).unwrap();
+    let out = Command::new(exe())
+        .arg("inspect")
+        .arg(std::process::id().to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        !out.stdout.contains(&0x1b),
+        "a raw ESC reached the terminal"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("evil\\x1b[2J\\nforged line"),
+        "the name is not shown escaped: {text}"
+    );
+    drop(f);
+}

@@ -808,11 +808,15 @@ pub fn describe_text(o: &Object) -> (String, String) {
 
 /// The readable table for one process.
 pub fn render(p: &Process, out: &mut dyn io::Write) -> io::Result<()> {
-    writeln!(out, "pid {}: {}", p.pid, p.command)?;
+    use crate::units::printable;
+    writeln!(out, "pid {}: {}", p.pid, printable(&p.command))?;
     let rows: Vec<(String, String)> = p
         .descriptors
         .iter()
-        .map(|d| describe_text(&d.object))
+        .map(|d| {
+            let (obj, to) = describe_text(&d.object);
+            (printable(&obj).into_owned(), printable(&to).into_owned())
+        })
         .collect();
     let width = rows
         .iter()
@@ -849,7 +853,7 @@ pub fn render(p: &Process, out: &mut dyn io::Write) -> io::Result<()> {
                 m.perms,
                 fmt_size(m.size as usize),
                 m.kind,
-                m.path
+                printable(&m.path)
             )?;
         }
     }
