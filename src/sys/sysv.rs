@@ -308,6 +308,29 @@ mod tests {
     }
 
     #[test]
+    fn a_bounded_queue_call_explains_sysv_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, b"").unwrap();
+        let q = MsgQueue::create(ftok(&f, b'E').unwrap()).unwrap();
+        q.remove().unwrap();
+        let mut buf = vec![0u8; MTYPE_LEN + 8];
+        // A removed queue: msgrcv fails (EINVAL or EIDRM), in SysV words.
+        let err = crate::sys::interrupt::bounded(
+            std::time::Instant::now() + std::time::Duration::from_secs(1),
+            "waiting for a message",
+            || Ok(()),
+            || q.recv_raw(&mut buf, 1, false),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("waiting for a message: "), "{text}");
+        // explain's words ("a removed object", "the object was removed"),
+        // not only strerror's.
+        assert!(text.contains("object"), "{text}");
+    }
+
+    #[test]
     fn limits_are_read_live() {
         assert!(kernel_limit("msgmax").unwrap() >= 1024);
         assert!(kernel_limit("msgmnb").unwrap() >= 1024);

@@ -378,8 +378,19 @@ pub trait Transport: Sync {
         self.about().capabilities
     }
     /// Create the kernel objects and start accepting clients.
+    ///
+    /// Side effects beyond the objects (as for [`Transport::connect`]): a
+    /// blocking wait of most transports goes through
+    /// [`crate::sys::interrupt`], whose first use in the process installs a
+    /// `SIGRTMAX` handler and starts one watchdog thread; the `signal`
+    /// transport blocks SIGRTMIN+1 and SIGRTMIN+2 in the calling thread.
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>>;
     /// Open the server's objects and return a link to it.
+    ///
+    /// The first bounded wait in the process installs a `SIGRTMAX` handler
+    /// and starts a watchdog thread ([`crate::sys::interrupt`]); a `signal`
+    /// client blocks SIGRTMIN+1 and SIGRTMIN+2 in the calling thread (see
+    /// [`signal::Signal`]).
     fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>>;
 
     /// Paths of the objects a server for `cfg` creates *outside* the

@@ -286,6 +286,20 @@ fn gettid() -> libc::pid_t {
 }
 
 /// The real-time signal transport.
+///
+/// # Side effects on the calling thread
+/// Signals are taken with `sigtimedwait(2)`, not a handler, so they must be
+/// blocked where they arrive:
+/// * `connect` blocks SIGRTMIN+1 and SIGRTMIN+2 in the **calling thread**
+///   (`pthread_sigmask(3)`), and leaves them blocked after the link is
+///   dropped; threads that thread starts later inherit the mask. A program
+///   that uses those two signals itself must connect from a thread of its
+///   own.
+/// * `listen` blocks them in the calling thread before any session thread
+///   exists, so the whole server inherits the mask.
+///
+/// Waits also go through [`crate::sys::interrupt`], whose first use
+/// installs a `SIGRTMAX` handler and starts a watchdog thread.
 pub struct Signal;
 
 impl Transport for Signal {
