@@ -18,10 +18,11 @@ use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 use ipclab::bench::raw::{RawKind, RawPeer};
-use ipclab::bench::{Placement, cpus_for, pin_this_thread};
+use ipclab::bench::{Placement, cpus_for};
 use ipclab::client::Client;
 use ipclab::process::ServerProcess;
 use ipclab::protocol::Form;
+use ipclab::sys::cpu::pin_this_thread;
 use ipclab::transport::{self, Config};
 use ipclab::units::fmt_size;
 

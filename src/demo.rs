@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::inspect::{self, system};
+use crate::objects;
 use crate::process::ServerProcess;
 use crate::protocol::{Form, Reply, Request};
 use crate::transport::{Config, Transport};
@@ -268,14 +269,7 @@ fn wrap(text: &str, width: usize, indent: &str) -> String {
 
 /// Files of this instance still in the runtime directory.
 pub fn leftovers(cfg: &Config) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(&cfg.dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&cfg.name))
-        .collect()
+    objects::instance_files(&cfg.dir, &cfg.name)
 }
 
 fn step(

@@ -16,7 +16,7 @@
 //! or demo does not leave a server holding kernel objects. Dropping a
 //! [`ServerProcess`] stops the server (SIGTERM, then SIGKILL after a bound).
 
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -30,7 +30,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::runtime;
-use crate::transport::pipe::{self, FdLink};
+use crate::sys::fd_link::{self, FdLink};
 use crate::transport::{Config, Link, Transport};
 
 /// The fd number the readiness pipe gets in the server child.
@@ -102,7 +102,7 @@ impl ServerProcess {
         let link = if inherited {
             // The channel itself: the child's stdin and stdout are pipes
             // whose other ends stay here.
-            let (child_in, child_out, link) = pipe::make_pipes(cfg)?;
+            let (child_in, child_out, link) = fd_link::make_pipes(cfg.timeout)?;
             cmd.stdin(Stdio::from(child_in))
                 .stdout(Stdio::from(child_out));
             Some(link)
@@ -205,7 +205,7 @@ impl ServerProcess {
             .ok_or_else(|| {
                 io::Error::other("this server's channel is not inherited, or already taken")
             })?;
-        Ok(Box::new(pipe::PipeClientLink::new(link, self)))
+        Ok(Box::new(PipeClientLink::new(link, self)))
     }
 
     /// The server's process id.
@@ -292,6 +292,54 @@ impl Drop for ServerProcess {
         if self.exited.is_none() && self.stop().is_err() {
             let _ = self.kill();
         }
+    }
+}
+
+/// The client's side of a pipe server: the two pipe ends, and the server
+/// child, which is told to go (its stdin reaches end of file) and reaped
+/// when the link is dropped.
+pub struct PipeClientLink {
+    link: Option<FdLink>,
+    server: ServerProcess,
+}
+
+impl PipeClientLink {
+    fn new(link: FdLink, server: ServerProcess) -> Self {
+        PipeClientLink {
+            link: Some(link),
+            server,
+        }
+    }
+
+    fn link(&mut self) -> &mut FdLink {
+        self.link.as_mut().expect("present until drop")
+    }
+}
+
+impl Read for PipeClientLink {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.link().read(buf)
+    }
+}
+
+impl Write for PipeClientLink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.link().write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.link().write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for PipeClientLink {
+    fn drop(&mut self) {
+        // Closing our ends is the server's signal to go: its read sees end of
+        // file. Give it a moment, then ServerProcess's drop stops it for sure.
+        drop(self.link.take());
+        let _ = self.server.wait_timeout(Duration::from_secs(1));
     }
 }
 

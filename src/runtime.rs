@@ -1,4 +1,5 @@
-//! The private runtime directory, objects we created there, and stop signals.
+//! The private runtime directory, objects we created there, pid files and
+//! whether their process lives, and stop signals.
 //!
 //! Filesystem objects (socket files, FIFOs, pid files …) live in one
 //! directory that only we can enter: `$XDG_RUNTIME_DIR/ipclab`, or
@@ -162,7 +163,7 @@ pub fn create_pid_file(path: &Path) -> io::Result<CreatedPath> {
     if fs::symlink_metadata(path).is_ok() {
         check_ours(path, fs::FileType::is_file, "a pid file")?;
         match read_pid_file(path) {
-            Ok(pid) if crate::interrupt::pid_alive(pid) => {
+            Ok(pid) if pid_alive(pid) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!(
@@ -222,7 +223,7 @@ pub fn live_server_pid(path: &Path, transport: &str) -> io::Result<i32> {
             e
         }
     })?;
-    if !crate::interrupt::pid_alive(pid) {
+    if !pid_alive(pid) {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
             format!(
@@ -276,6 +277,26 @@ pub fn wait_fd<F: AsFd>(fd: &F, events: PollFlags, wait: Duration) -> io::Result
     }
 }
 
+/// Is process `pid` still there and running? `kill(pid, 0)` says whether
+/// the pid exists; a killed process whose parent has not reaped it yet (a
+/// zombie, state `Z` in `/proc/<pid>/stat`) still exists but will never
+/// answer, so it counts as gone.
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0
+        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH)
+    {
+        return false;
+    }
+    // "pid (comm) S …": the state follows the last ')'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +342,21 @@ mod tests {
         let ours = CreatedPath::adopt(p.clone()).unwrap();
         drop(ours);
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(pid_alive(pid));
+        child.kill().unwrap();
+        // Killed but not reaped yet: a zombie.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!pid_alive(pid));
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{Env, exe, watchdog};
 use ipclab::process::{client_args, serve_args};
-use ipclab::sysv::{self, MsgQueue};
+use ipclab::sys::sysv::{self, MsgQueue};
 use ipclab::transport::Transport;
 use ipclab::transport::msgq::Msgq;
 

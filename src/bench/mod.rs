@@ -43,12 +43,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
-use nix::unistd::Pid;
 
 use crate::client::Client;
 use crate::process::ServerProcess;
 use crate::protocol::Form;
+use crate::sys::cpu::{self, allowed_cpus, pin_this_thread};
 use crate::transport::{Config, Transport};
 pub use report::{Cell, Environment, Floor, Placement, Report};
 
@@ -64,16 +63,6 @@ pub struct Plan {
     pub exe: PathBuf,
 }
 
-/// The CPUs this process may run on, lowest first.
-pub fn allowed_cpus() -> Vec<usize> {
-    let Ok(set) = sched_getaffinity(Pid::from_raw(0)) else {
-        return vec![0];
-    };
-    (0..CpuSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .collect()
-}
-
 /// (client CPU, server CPU) for a placement, if it can be had here.
 pub fn cpus_for(p: Placement) -> Option<(Option<usize>, Option<usize>)> {
     let cpus = allowed_cpus();
@@ -83,15 +72,6 @@ pub fn cpus_for(p: Placement) -> Option<(Option<usize>, Option<usize>)> {
         Placement::CrossCore if cpus.len() >= 2 => Some((Some(cpus[0]), Some(cpus[1]))),
         Placement::CrossCore => None,
     }
-}
-
-/// Pin the calling thread to `cpu` (or undo with the saved mask).
-pub fn pin_this_thread(cpu: usize) -> io::Result<CpuSet> {
-    let old = sched_getaffinity(Pid::from_raw(0))?;
-    let mut set = CpuSet::new();
-    set.set(cpu)?;
-    sched_setaffinity(Pid::from_raw(0), &set)?;
-    Ok(old)
 }
 
 /// CPU time and context switches of a process, summed over its threads.
@@ -267,7 +247,7 @@ pub fn cache_line_rtt_ns(a: usize, b: usize, limit: Duration) -> Option<f64> {
     }
     let elapsed = start.elapsed();
     line.store(u64::MAX, Ordering::Release);
-    let _ = sched_setaffinity(Pid::from_raw(0), &old);
+    let _ = cpu::restore(&old);
     other.join().ok()??;
     (rounds > 0).then(|| elapsed.as_nanos() as f64 / rounds as f64)
 }
@@ -574,7 +554,7 @@ pub fn run_transport(
         Err(e) => cells = fail_all(e.to_string()),
     }
     if let Some(m) = old_mask {
-        let _ = sched_setaffinity(Pid::from_raw(0), &m);
+        let _ = cpu::restore(&m);
     }
     let _ = server.stop();
     cells

@@ -104,7 +104,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         (Format::Markdown, a.export_markdown.as_deref()),
     ]);
 
-    let cpus = bench::allowed_cpus();
+    let cpus = ipclab::sys::cpu::allowed_cpus();
     let floors = bench::floors(&cpus);
     let (cpu_model, kernel) = bench::report::machine();
     let mut report = Report {

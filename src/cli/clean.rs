@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use ipclab::clean::{self, Verdict};
+use ipclab::clean;
+use ipclab::objects::{Leftover, Verdict};
 use ipclab::runtime;
 
 #[derive(Args)]
@@ -91,7 +92,7 @@ pub fn run(a: CleanArgs) -> Result<ExitCode> {
 }
 
 /// A person at a terminal: show what was found, ask before removing.
-fn ask(found: &[clean::Leftover], stale: usize, out: &mut impl Write) -> Result<bool> {
+fn ask(found: &[Leftover], stale: usize, out: &mut impl Write) -> Result<bool> {
     for l in found {
         writeln!(
             out,

@@ -50,7 +50,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     cfg.same_user = a.same_user;
     if let Some(cpu) = a.pin_cpu {
         // Before any thread exists: the session threads inherit it.
-        ipclab::bench::pin_this_thread(cpu)
+        ipclab::sys::cpu::pin_this_thread(cpu)
             .with_context(|| format!("cannot pin the server to CPU {cpu}"))?;
     }
     // Registered before any object exists, so a Ctrl-C at any moment still

@@ -111,11 +111,11 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{self, ControlMessage, MsgFlags, SockFlag, SockType};
 
-use super::unix::{connect_socket, listen_on_file};
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::Leftover;
-use crate::interrupt::{self, Deadline};
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::objects::{Leftover, socket_file_leftovers};
 use crate::runtime::{self, CreatedPath};
+use crate::sys::interrupt::{self, Deadline};
+use crate::sys::unix_socket::{admit, connect_socket, listen_on_file};
 
 /// Bytes per chunk in each direction.
 pub const CAPACITY: usize = 64 * 1024;
@@ -141,30 +141,25 @@ const SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
 pub struct Eventfd;
 
 impl Transport for Eventfd {
-    fn name(&self) -> &'static str {
-        "eventfd"
-    }
-    fn description(&self) -> &'static str {
-        "a memfd for the data, eventfd counters for the wake-ups, passed over a UNIX socket"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "socket file <dir>/<name>.eventfd; per client a sealed memfd region and 4 eventfds (anon_inode:[eventfd])"
-    }
-    fn inspect_note(&self) -> &'static str {
-        "Each process holds four anon_inode:[eventfd] descriptors (their fdinfo shows eventfd-count, the counter right now) and maps the same memfd region, which /proc/<pid>/maps lists as /memfd:ipclab-eventfd (deleted): a file with no name anywhere. The server never opened any of them: the client created them and sent them over the UNIX socket, and the kernel installed copies in the server (SCM_RIGHTS). The socket pair stays connected only so that each side notices when the other dies."
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: true,
-            boundaries: Boundaries::Messages,
-            max_message: Some(CAPACITY),
-            crosses_machines: false,
-            inherited: false,
-        }
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "eventfd",
+            description: "a memfd for the data, eventfd counters for the wake-ups, passed over a UNIX socket",
+            kernel_objects: "socket file <dir>/<name>.eventfd; per client a sealed memfd region and 4 eventfds (anon_inode:[eventfd])",
+            inspect_note: "Each process holds four anon_inode:[eventfd] descriptors (their fdinfo shows eventfd-count, the counter right now) and maps the same memfd region, which /proc/<pid>/maps lists as /memfd:ipclab-eventfd (deleted): a file with no name anywhere. The server never opened any of them: the client created them and sent them over the UNIX socket, and the kernel installed copies in the server (SCM_RIGHTS). The socket pair stays connected only so that each side notices when the other dies.",
+            capabilities: Capabilities::messages().max_message(CAPACITY),
+        };
+        &ABOUT
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
-        let (listener, file) = listen_on_file(cfg, SUFFIX, SockType::Stream, self.name())?;
+        let (listener, file) = listen_on_file(
+            &cfg.dir,
+            cfg.object_path(SUFFIX),
+            SockType::Stream,
+            self.name(),
+            cfg.timeout,
+        )?;
         Ok(Box::new(EfdServer {
             listener,
             file,
@@ -220,7 +215,7 @@ impl Transport for Eventfd {
     }
 
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
-        super::unix::socket_file_leftovers(dir, SUFFIX, SockType::Stream, self.name())
+        socket_file_leftovers(dir, SUFFIX, SockType::Stream, self.name())
     }
 }
 
@@ -245,7 +240,7 @@ impl Listener for EfdServer {
             return Ok(None);
         }
         let sock = socket::accept4(&self.listener, SockFlag::SOCK_CLOEXEC)?;
-        if !super::unix::admit(&sock, &self.cfg)? {
+        if !admit(&sock, self.cfg.same_user)? {
             return Ok(None);
         }
         // The descriptors are received by the session's own thread, on its

@@ -122,10 +122,10 @@ use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 use nix::unistd::{getuid, mkfifo};
 
-use super::pipe::{FdLink, set_blocking, write_within};
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::{self, Leftover};
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::objects::{self, Leftover};
 use crate::runtime::{self, CreatedPath};
+use crate::sys::fd_link::{FdLink, set_blocking, write_within};
 
 /// `PIPE_BUF` on Linux: writes up to this size are atomic.
 pub const PIPE_BUF: usize = libc::PIPE_BUF;
@@ -138,20 +138,18 @@ const WELCOME: u8 = b'W';
 pub struct Fifo;
 
 impl Transport for Fifo {
-    fn name(&self) -> &'static str {
-        "fifo"
-    }
-    fn description(&self) -> &'static str {
-        "named pipes: a well-known FIFO to meet, a private request/reply FIFO pair per client"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "FIFO <dir>/<name>.fifo for HELLOs; FIFOs <dir>/<name>.<pid>-<n>.req and .reply per client (unlinked once open)"
-    }
-    fn inspect_note(&self) -> &'static str {
-        "The server holds the well-known FIFO <name>.fifo open for reading, and for writing too, so that its reads never see end-of-file between clients. Each session is a pair of FIFOs the client made: the server reads the request FIFO and writes the reply FIFO, the client the other way round. Their names are already gone (the server removed them once both ends were open), which is why they show as nameless pipes, exactly like an anonymous pipe pair: only their creation differed. Unlike a pipe, a FIFO has a path (type p in ls -l), so unrelated processes can meet at it; the data still goes through a kernel pipe buffer and never touches the disk."
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "fifo",
+            description: "named pipes: a well-known FIFO to meet, a private request/reply FIFO pair per client",
+            kernel_objects: "FIFO <dir>/<name>.fifo for HELLOs; FIFOs <dir>/<name>.<pid>-<n>.req and .reply per client (unlinked once open)",
+            inspect_note: "The server holds the well-known FIFO <name>.fifo open for reading, and for writing too, so that its reads never see end-of-file between clients. Each session is a pair of FIFOs the client made: the server reads the request FIFO and writes the reply FIFO, the client the other way round. Their names are already gone (the server removed them once both ends were open), which is why they show as nameless pipes, exactly like an anonymous pipe pair: only their creation differed. Unlike a pipe, a FIFO has a path (type p in ls -l), so unrelated processes can meet at it; the data still goes through a kernel pipe buffer and never touches the disk.",
+            capabilities: Capabilities::stream(),
+        };
+        &ABOUT
     }
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
-        let mut found: Vec<Leftover> = clean::files_with_suffix(dir, ".fifo")
+        let mut found: Vec<Leftover> = objects::files_with_suffix(dir, ".fifo")
             .into_iter()
             .map(|(_, path)| {
                 Leftover::judge_file(
@@ -171,7 +169,7 @@ impl Transport for Fifo {
             .collect();
         // <name>.<pid>-<conn>.req / .reply: a client's private FIFOs.
         for (suffix, what) in [(".req", "request FIFO"), (".reply", "reply FIFO")] {
-            for (instance, path) in clean::files_with_suffix(dir, suffix) {
+            for (instance, path) in objects::files_with_suffix(dir, suffix) {
                 let pid = instance
                     .rsplit_once('.')
                     .and_then(|(_, pc)| pc.split_once('-'))
@@ -182,22 +180,13 @@ impl Transport for Fifo {
                     &path,
                     |t| t.is_fifo(),
                     || match pid {
-                        Some(p) => Ok(clean::pid_verdict("client", p)),
+                        Some(p) => Ok(objects::pid_verdict("client", p)),
                         None => Err(io::Error::other("no client pid in its name")),
                     },
                 ));
             }
         }
         found
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: true,
-            boundaries: Boundaries::Stream,
-            max_message: None,
-            crosses_machines: false,
-            inherited: false,
-        }
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {

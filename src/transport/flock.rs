@@ -137,10 +137,10 @@ use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
 
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::{self, Leftover};
-use crate::interrupt::{self, Deadline};
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::objects::{self, Leftover};
 use crate::runtime::{self, CreatedPath};
+use crate::sys::interrupt::{self, Deadline};
 
 const MAGIC: u64 = 0x6970_636c_6162_464c; // "ipclabFL"
 const DATA_OFFSET: usize = 4096;
@@ -389,17 +389,15 @@ fn data_path(cfg: &Config) -> PathBuf {
 }
 
 impl Transport for Flock {
-    fn name(&self) -> &'static str {
-        "flock"
-    }
-    fn description(&self) -> &'static str {
-        "a mapped file; strict turns by a rotation of three OFD locks, one client"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "file <dir>/<name>.flock (mmap; a fresh one per session), OFD locks on it (see /proc/locks)"
-    }
-    fn inspect_note(&self) -> &'static str {
-        "Both processes open the same file <name>.flock and map it (the shared file mapping); the payload travels through that mapping. The locks decide whose turn it is: they are OFD locks (open file description locks, pid -1 in /proc/locks, because they belong to the open file and not to a process), and whoever holds the write lock on a byte owns that step of the rotation. Each session has a file of its own: when it ends, the server renames a fresh file over the path."
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "flock",
+            description: "a mapped file; strict turns by a rotation of three OFD locks, one client",
+            kernel_objects: "file <dir>/<name>.flock (mmap; a fresh one per session), OFD locks on it (see /proc/locks)",
+            inspect_note: "Both processes open the same file <name>.flock and map it (the shared file mapping); the payload travels through that mapping. The locks decide whose turn it is: they are OFD locks (open file description locks, pid -1 in /proc/locks, because they belong to the open file and not to a process), and whoever holds the write lock on a byte owns that step of the rotation. Each session has a file of its own: when it ends, the server renames a fresh file over the path.",
+            capabilities: Capabilities::messages().max_message(CAPACITY).one_client(),
+        };
+        &ABOUT
     }
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
         let judge = |path: PathBuf, what: &'static str, needs_magic: bool| {
@@ -427,24 +425,15 @@ impl Transport for Flock {
                 },
             )
         };
-        let data = clean::files_with_suffix(dir, ".flock")
+        let data = objects::files_with_suffix(dir, ".flock")
             .into_iter()
             .map(|(_, path)| judge(path, "data file", true));
         // A fresh file being prepared, left by a server killed in the
         // moment between creating it and renaming it into place.
-        let fresh = clean::files_with_suffix(dir, NEW_SUFFIX)
+        let fresh = objects::files_with_suffix(dir, NEW_SUFFIX)
             .into_iter()
             .map(|(_, path)| judge(path, "fresh data file", false));
         data.chain(fresh).collect()
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: false,
-            boundaries: Boundaries::Messages,
-            max_message: Some(CAPACITY),
-            crosses_machines: false,
-            inherited: false,
-        }
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {

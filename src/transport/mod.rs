@@ -14,7 +14,15 @@
 //! ([`crate::server`]) and the client's round trip ([`crate::client`]) are
 //! written once, above this trait, for all transports — so adding a
 //! transport means writing `listen`, `accept`, `connect` and the link's
-//! `read`/`write`.
+//! `read`/`write`, plus one [`About`]: its name, its words for `ipclab
+//! list` and `demo --inspect`, its [`Capabilities`].
+//!
+//! Below the trait are what transports share: [`crate::sys`] (thin layers
+//! over system calls), [`crate::objects`] (objects in the runtime directory
+//! and the judges of what a dead server left), [`crate::runtime`]. Above it
+//! is the list of all transports ([`all`], in `registry.rs`): a transport
+//! knows the trait, the layers below and at most a kit it shares with its
+//! kin (`region` for the shared-memory transports), never the list.
 //!
 //! # The contract
 //!
@@ -36,8 +44,9 @@
 //! * `connect` with no server running fails within [`Config::timeout`] with a
 //!   message that says what is missing.
 //! * A link carries bytes unchanged, in order, with nothing lost or added.
-//! * [`Transport::capabilities`] tells the truth: a transport that serves one
-//!   client at a time says so and answers a second one with a clear error.
+//! * [`Transport::about`] tells the truth: a transport that serves one
+//!   client at a time says so in its [`Capabilities`] and answers a second
+//!   one with a clear error.
 //!
 //! Every transport must pass the conformance suite in `tests/conformance.rs`;
 //! a new transport gets the whole suite by adding one line there.
@@ -48,8 +57,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::objects::Leftover;
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::runtime;
+use crate::sys::interrupt;
 
 pub mod eventfd;
 pub mod fifo;
@@ -58,6 +69,7 @@ pub mod msgq;
 pub mod pipe;
 pub mod posixmq;
 pub mod region;
+mod registry;
 pub mod shm;
 pub mod shm_spin;
 pub mod signal;
@@ -67,6 +79,8 @@ pub mod unix;
 pub mod unix_dgram;
 pub mod unix_seqpacket;
 
+pub use registry::{all, by_name};
+
 /// A bidirectional byte link between a client and a server.
 ///
 /// Implemented for everything that is `Read + Write + Send`, so a socket
@@ -75,7 +89,7 @@ pub trait Link: Read + Write + Send {}
 impl<T: Read + Write + Send + ?Sized> Link for T {}
 
 /// A byte stream (socket, pipe) whose reads block in the kernel with no
-/// timer armed, bounded by [`crate::interrupt`]'s wake-up signal instead.
+/// timer armed, bounded by [`crate::sys::interrupt`]'s wake-up signal instead.
 ///
 /// Why not `SO_RCVTIMEO` or a `poll(2)` before each read: in a ping-pong
 /// every read waits, and a receive timeout arms a kernel timer for each wait
@@ -97,7 +111,7 @@ impl<T> WatchedReads<T> {
 
 impl<T: std::os::fd::AsRawFd> Read for WatchedReads<T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::interrupt::read(self.inner.as_raw_fd(), buf, self.timeout)
+        interrupt::read(self.inner.as_raw_fd(), buf, self.timeout)
     }
 }
 
@@ -166,7 +180,7 @@ pub trait Listener: Send {
 /// [`Listener::sweep`] for a transport whose clients' leftovers `leftovers`
 /// lists: remove the stale ones whose file name starts with `marker` (this
 /// server's instance).
-pub(crate) fn sweep_leftovers(leftovers: Vec<crate::clean::Leftover>, marker: &str) {
+pub(crate) fn sweep_leftovers(leftovers: Vec<Leftover>, marker: &str) {
     for mut l in leftovers {
         let ours = l
             .path
@@ -207,6 +221,57 @@ pub struct Capabilities {
     /// the client and inherited by the server when the client starts it
     /// (anonymous pipes). Such a server has exactly one client, its parent.
     pub inherited: bool,
+}
+
+impl Capabilities {
+    /// A byte stream ([`Boundaries::Stream`]) with no message limit of its
+    /// own, many clients at once, on one machine, met by name (not
+    /// inherited). The methods below say how a transport differs.
+    pub const fn stream() -> Capabilities {
+        Capabilities {
+            multi_client: true,
+            boundaries: Boundaries::Stream,
+            max_message: None,
+            crosses_machines: false,
+            inherited: false,
+        }
+    }
+    /// As [`Capabilities::stream`], but keeping message boundaries.
+    pub const fn messages() -> Capabilities {
+        Capabilities {
+            boundaries: Boundaries::Messages,
+            ..Capabilities::stream()
+        }
+    }
+    /// The mechanism itself carries at most `bytes` in one piece.
+    pub const fn max_message(self, bytes: usize) -> Capabilities {
+        Capabilities {
+            max_message: Some(bytes),
+            ..self
+        }
+    }
+    /// One client at a time; another is answered "busy".
+    pub const fn one_client(self) -> Capabilities {
+        Capabilities {
+            multi_client: false,
+            ..self
+        }
+    }
+    /// Works between two machines.
+    pub const fn crosses_machines(self) -> Capabilities {
+        Capabilities {
+            crosses_machines: true,
+            ..self
+        }
+    }
+    /// The channel is inherited by a server child from its one client.
+    pub const fn inherited(self) -> Capabilities {
+        Capabilities {
+            inherited: true,
+            multi_client: false,
+            ..self
+        }
+    }
 }
 
 /// Settings shared by the serving and the connecting side.
@@ -267,22 +332,65 @@ impl Config {
     }
 }
 
-/// One IPC mechanism.
-pub trait Transport: Sync {
+/// What a transport is, for people and for the tests: its name, what
+/// `ipclab list` and `demo --inspect` say about it, and what it can do.
+/// Each transport has one, a `static` returned by [`Transport::about`].
+#[derive(Debug)]
+pub struct About {
     /// Short name used on the command line (`unix`, `tcp`, …).
-    fn name(&self) -> &'static str;
+    pub name: &'static str,
     /// One line for `ipclab list`.
-    fn description(&self) -> &'static str;
+    pub description: &'static str,
     /// The kernel objects it uses, for `ipclab list`.
-    fn kernel_objects(&self) -> &'static str;
+    pub kernel_objects: &'static str,
     /// A paragraph for `ipclab demo --inspect`: what a student sees in the
     /// inspection of both processes, and why.
-    fn inspect_note(&self) -> &'static str;
+    pub inspect_note: &'static str,
     /// What it can do.
-    fn capabilities(&self) -> Capabilities;
+    pub capabilities: Capabilities,
+}
+
+/// One IPC mechanism.
+pub trait Transport: Sync {
+    /// What this transport is: its name, its words for `ipclab list` and
+    /// `demo --inspect`, its capabilities.
+    fn about(&self) -> &'static About;
+    /// Short name used on the command line (`unix`, `tcp`, …).
+    fn name(&self) -> &'static str {
+        self.about().name
+    }
+    /// One line for `ipclab list`.
+    fn description(&self) -> &'static str {
+        self.about().description
+    }
+    /// The kernel objects it uses, for `ipclab list`.
+    fn kernel_objects(&self) -> &'static str {
+        self.about().kernel_objects
+    }
+    /// A paragraph for `ipclab demo --inspect`: what a student sees in the
+    /// inspection of both processes, and why.
+    fn inspect_note(&self) -> &'static str {
+        self.about().inspect_note
+    }
+    /// What it can do. A transport whose limits are read from the running
+    /// kernel (`msgq`: `msgmax`) overrides this to say so.
+    fn capabilities(&self) -> Capabilities {
+        self.about().capabilities
+    }
     /// Create the kernel objects and start accepting clients.
+    ///
+    /// Side effects beyond the objects (as for [`Transport::connect`]): a
+    /// blocking wait of most transports goes through
+    /// [`crate::sys::interrupt`], whose first use in the process installs a
+    /// `SIGRTMAX` handler and starts one watchdog thread; the `signal`
+    /// transport blocks SIGRTMIN+1 and SIGRTMIN+2 in the calling thread.
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>>;
     /// Open the server's objects and return a link to it.
+    ///
+    /// The first bounded wait in the process installs a `SIGRTMAX` handler
+    /// and starts a watchdog thread ([`crate::sys::interrupt`]); a `signal`
+    /// client blocks SIGRTMIN+1 and SIGRTMIN+2 in the calling thread (see
+    /// [`signal::Signal`]).
     fn connect(&self, cfg: &Config) -> io::Result<Box<dyn Link>>;
 
     /// Paths of the objects a server for `cfg` creates *outside* the
@@ -296,7 +404,7 @@ pub trait Transport: Sync {
     /// (or elsewhere, under names derived from `dir`), each judged stale,
     /// live or foreign by the test its server uses at start-up. A transport
     /// whose objects die with their descriptors (pipe, tcp) leaves nothing.
-    fn leftovers(&self, _dir: &Path) -> Vec<crate::clean::Leftover> {
+    fn leftovers(&self, _dir: &Path) -> Vec<Leftover> {
         Vec::new()
     }
 
@@ -311,43 +419,6 @@ impl fmt::Debug for dyn Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// Every transport ipclab has, in the order `list`, `demo all` and `bench`
-/// show them. A new transport is added here.
-pub fn all() -> &'static [&'static dyn Transport] {
-    &[
-        &pipe::Pipe,
-        &fifo::Fifo,
-        &msgq::Msgq,
-        &posixmq::PosixMq,
-        &shm::SHM,
-        &shm::MMAP,
-        &shm_spin::ShmSpin,
-        &eventfd::Eventfd,
-        &signal::Signal,
-        &flock::Flock,
-        &unix::Unix,
-        &unix_seqpacket::UnixSeqpacket,
-        &unix_dgram::UnixDgram,
-        &tcp::Tcp,
-        &udp::Udp,
-    ]
-}
-
-/// Look a transport up by name, with an error listing the known ones.
-pub fn by_name(name: &str) -> io::Result<&'static dyn Transport> {
-    all()
-        .iter()
-        .copied()
-        .find(|t| t.name() == name)
-        .ok_or_else(|| {
-            let known: Vec<_> = all().iter().map(|t| t.name()).collect();
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("unknown transport '{name}' (known: {})", known.join(", ")),
-            )
-        })
 }
 
 #[cfg(test)]

@@ -102,11 +102,11 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::getuid;
 
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::{self, Leftover};
-use crate::interrupt::{self, pid_alive};
-use crate::runtime::{self, CreatedPath};
-use crate::sysv::{self, MTYPE_LEN, MsgQueue};
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::objects::{self, Leftover};
+use crate::runtime::{self, CreatedPath, pid_alive};
+use crate::sys::interrupt;
+use crate::sys::sysv::{self, MTYPE_LEN, MsgQueue};
 
 const PROJECT: u8 = b'Q';
 const HELLO: libc::c_long = 1;
@@ -115,14 +115,16 @@ const HELLO: libc::c_long = 1;
 pub struct Msgq;
 
 impl Transport for Msgq {
-    fn name(&self) -> &'static str {
-        "msgq"
-    }
-    fn description(&self) -> &'static str {
-        "System V message queue: one queue, a message type per direction and client"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "a SysV message queue (ipcs -q), key = ftok(<dir>/<name>.msgq); the key file holds the server pid"
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "msgq",
+            description: "System V message queue: one queue, a message type per direction and client",
+            kernel_objects: "a SysV message queue (ipcs -q), key = ftok(<dir>/<name>.msgq); the key file holds the server pid",
+            inspect_note: "A SysV message queue is not held through a descriptor, so the descriptor tables show nothing of it: it is named by a key and listed by `ipcs -q` and /proc/sysvipc/msg (qnum messages and cbytes bytes waiting, lspid/lrpid the last sender and receiver). The key file in the runtime directory only derives that key with ftok(3) and records the server pid. The queue outlives every process until msgctl(IPC_RMID) removes it, which is why a SIGKILLed server leaves it behind and `ipclab clean` exists.",
+            // `msgmax` is read from the running kernel: see `capabilities`.
+            capabilities: Capabilities::messages(),
+        };
+        &ABOUT
     }
     fn sysv_keys(&self, cfg: &Config) -> Vec<(&'static str, i32)> {
         let key_path = cfg.object_path(".msgq");
@@ -131,12 +133,9 @@ impl Transport for Msgq {
             .map(|key| vec![("msg", key)])
             .unwrap_or_default()
     }
-    fn inspect_note(&self) -> &'static str {
-        "A SysV message queue is not held through a descriptor, so the descriptor tables show nothing of it: it is named by a key and listed by `ipcs -q` and /proc/sysvipc/msg (qnum messages and cbytes bytes waiting, lspid/lrpid the last sender and receiver). The key file in the runtime directory only derives that key with ftok(3) and records the server pid. The queue outlives every process until msgctl(IPC_RMID) removes it, which is why a SIGKILLed server leaves it behind and `ipclab clean` exists."
-    }
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
         let mut found = Vec::new();
-        for (_, path) in clean::files_with_suffix(dir, ".msgq") {
+        for (_, path) in objects::files_with_suffix(dir, ".msgq") {
             let recorded = read_key_file(&path);
             let file = Leftover::judge_file(
                 "msgq",
@@ -145,7 +144,7 @@ impl Transport for Msgq {
                 |t| t.is_file(),
                 || {
                     let (pid, _) = read_key_file(&path)?;
-                    Ok(clean::pid_verdict("server", pid))
+                    Ok(objects::pid_verdict("server", pid))
                 },
             );
             // The queue goes first: its key is derived from the file.
@@ -172,11 +171,8 @@ impl Transport for Msgq {
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            multi_client: true,
-            boundaries: Boundaries::Messages,
             max_message: sysv::kernel_limit("msgmax").ok(),
-            crosses_machines: false,
-            inherited: false,
+            ..self.about().capabilities
         }
     }
 

@@ -101,10 +101,10 @@ use nix::mqueue::{MQ_OFlag, MqAttr, MqdT, mq_open, mq_unlink};
 use nix::sys::stat::Mode;
 use nix::unistd::getuid;
 
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::{self, Leftover};
-use crate::interrupt::{self, Deadline, pid_alive};
-use crate::runtime::{self, CreatedPath};
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::objects::{self, Leftover};
+use crate::runtime::{self, CreatedPath, pid_alive};
+use crate::sys::interrupt::{self, Deadline};
 
 /// The POSIX message queue transport.
 pub struct PosixMq;
@@ -300,26 +300,15 @@ impl Drop for Unlink {
 }
 
 impl Transport for PosixMq {
-    fn name(&self) -> &'static str {
-        "posix-mq"
-    }
-    fn description(&self) -> &'static str {
-        "POSIX message queues: a meeting queue, then a private queue pair per client"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "POSIX queue /ipclab-<uid>-<hash>-<name> (ls /dev/mqueue) + two nameless queues per client; pid file <dir>/<name>.posix-mq.pid"
-    }
-    fn inspect_note(&self) -> &'static str {
-        "Each process holds POSIX message queue descriptors: on Linux they are real file descriptors on the mqueue filesystem. The server holds the meeting queue, whose name is listed in /dev/mqueue for as long as the server runs, and for each client a request queue (read) and a reply queue (write); the client holds the same two queues the other way round. Those two have no names any more (deleted): the client removed the names with mq_unlink(3) as soon as the server had opened them, so the queues live exactly as long as someone holds them."
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: true,
-            boundaries: Boundaries::Messages,
-            max_message: Some(CONN_MSGSIZE as usize),
-            crosses_machines: false,
-            inherited: false,
-        }
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "posix-mq",
+            description: "POSIX message queues: a meeting queue, then a private queue pair per client",
+            kernel_objects: "POSIX queue /ipclab-<uid>-<hash>-<name> (ls /dev/mqueue) + two nameless queues per client; pid file <dir>/<name>.posix-mq.pid",
+            inspect_note: "Each process holds POSIX message queue descriptors: on Linux they are real file descriptors on the mqueue filesystem. The server holds the meeting queue, whose name is listed in /dev/mqueue for as long as the server runs, and for each client a request queue (read) and a reply queue (write); the client holds the same two queues the other way round. Those two have no names any more (deleted): the client removed the names with mq_unlink(3) as soon as the server had opened them, so the queues live exactly as long as someone holds them.",
+            capabilities: Capabilities::messages().max_message(CONN_MSGSIZE as usize),
+        };
+        &ABOUT
     }
 
     fn external_objects(&self, cfg: &Config) -> Vec<PathBuf> {
@@ -427,7 +416,7 @@ impl Transport for PosixMq {
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
         let mut found = Vec::new();
         let prefix = prefix(dir);
-        for (instance, path) in clean::files_with_suffix(dir, ".posix-mq.pid") {
+        for (instance, path) in objects::files_with_suffix(dir, ".posix-mq.pid") {
             let pid = runtime::read_pid_file(&path);
             let file = Leftover::judge_file(
                 "posix-mq",
@@ -436,7 +425,7 @@ impl Transport for PosixMq {
                 |t| t.is_file(),
                 || {
                     let pid = runtime::read_pid_file(&path)?;
-                    Ok(clean::pid_verdict("server", pid))
+                    Ok(objects::pid_verdict("server", pid))
                 },
             );
             // The meeting queue's name comes from the pid file's.
@@ -477,7 +466,7 @@ impl Transport for PosixMq {
                     &path,
                     |t| t.is_file(),
                     || match pid {
-                        Some(p) => Ok(clean::pid_verdict("client", p)),
+                        Some(p) => Ok(objects::pid_verdict("client", p)),
                         None => Err(io::Error::other("no client pid in its name")),
                     },
                 ));

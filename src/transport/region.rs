@@ -76,9 +76,9 @@ use nix::sys::stat::{Mode, fchmod};
 use nix::unistd::{ftruncate, getuid};
 
 use super::Config;
-use crate::clean::{self, Leftover};
-use crate::interrupt::pid_alive;
-use crate::runtime::{self, CreatedPath};
+// `clean::` below is the objects layer under its old name (transitional).
+use crate::objects::{self as clean, Leftover};
+use crate::runtime::{self, CreatedPath, pid_alive};
 
 /// Size of a meeting region.
 const PAGE: usize = 4096;

@@ -108,8 +108,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::region::{self, DATA_OFFSET, Meeting, OWN_HEADER, Seat, Session, Spec, Store};
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::Leftover;
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::objects::Leftover;
 use crate::sem::{SemCell, SharedSem};
 
 /// Bytes in each direction's data area.
@@ -184,40 +184,32 @@ impl Shm {
 }
 
 impl Transport for Shm {
-    fn name(&self) -> &'static str {
-        self.spec.transport
-    }
-    fn description(&self) -> &'static str {
+    fn about(&self) -> &'static About {
+        const CAPABILITIES: Capabilities =
+            Capabilities::messages().max_message(CAPACITY).one_client();
+        static SHM_ABOUT: About = About {
+            name: "shm",
+            description: "POSIX shared memory, process-shared semaphores (blocking), one client",
+            kernel_objects: "shared memory objects /dev/shm/ipclab-<uid>-<hash>-<name> (meeting) and …-<name>.session (a session); semaphores live inside",
+            inspect_note: "Both processes map the same /dev/shm objects (POSIX shared memory: files in a tmpfs), one to meet and one per session (its name removed once both have it mapped, hence (deleted)). Their mappings name the same paths with s (shared) in the permissions, and neither holds a socket or pipe for them: after shm_open(3) and mmap(2) the descriptor is no longer needed. The payload is copied into the mapping and out of it; the semaphores that say whose turn it is live inside the mapping (process-shared sem_t), so they appear nowhere else.",
+            capabilities: CAPABILITIES,
+        };
+        static MMAP_ABOUT: About = About {
+            name: "mmap",
+            description: "a memory-mapped regular file, process-shared semaphores inside it (blocking), one client",
+            kernel_objects: "files <dir>/<name>.mmap (meeting) and <name>.session.mmap (a session) mapped MAP_SHARED by both; semaphores live inside",
+            inspect_note: "Both processes map the same regular files in the runtime directory, <name>.mmap to meet and one <name>.session.mmap per session (its name removed once both have it mapped): their mappings show the path with s (shared) in the permissions, as for shm, but these are ordinary files on an ordinary file system. Their pages are the files' page-cache pages, so the kernel also writes them back from time to time (dirty pages); on a tmpfs such as /run/user that costs nothing, on a disk it is I/O the shm transport never does. The semaphores live inside the mapping.",
+            capabilities: CAPABILITIES,
+        };
         if self.file_backed() {
-            return "a memory-mapped regular file, process-shared semaphores inside it (blocking), one client";
+            &MMAP_ABOUT
+        } else {
+            &SHM_ABOUT
         }
-        "POSIX shared memory, process-shared semaphores (blocking), one client"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        if self.file_backed() {
-            return "files <dir>/<name>.mmap (meeting) and <name>.session.mmap (a session) mapped MAP_SHARED by both; semaphores live inside";
-        }
-        "shared memory objects /dev/shm/ipclab-<uid>-<hash>-<name> (meeting) and …-<name>.session (a session); semaphores live inside"
-    }
-    fn inspect_note(&self) -> &'static str {
-        if self.file_backed() {
-            return "Both processes map the same regular files in the runtime directory, <name>.mmap to meet and one <name>.session.mmap per session (its name removed once both have it mapped): their mappings show the path with s (shared) in the permissions, as for shm, but these are ordinary files on an ordinary file system. Their pages are the files' page-cache pages, so the kernel also writes them back from time to time (dirty pages); on a tmpfs such as /run/user that costs nothing, on a disk it is I/O the shm transport never does. The semaphores live inside the mapping.";
-        }
-        "Both processes map the same /dev/shm objects (POSIX shared memory: files in a tmpfs), one to meet and one per session (its name removed once both have it mapped, hence (deleted)). Their mappings name the same paths with s (shared) in the permissions, and neither holds a socket or pipe for them: after shm_open(3) and mmap(2) the descriptor is no longer needed. The payload is copied into the mapping and out of it; the semaphores that say whose turn it is live inside the mapping (process-shared sem_t), so they appear nowhere else."
     }
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
         region::leftovers(self.spec, dir)
     }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: false,
-            boundaries: Boundaries::Messages,
-            max_message: Some(CAPACITY),
-            crosses_machines: false,
-            inherited: false,
-        }
-    }
-
     fn external_objects(&self, cfg: &Config) -> Vec<PathBuf> {
         region::external_objects(self.spec, cfg)
     }

@@ -92,8 +92,8 @@ use super::region::{
     self, DATA_OFFSET, Meeting, OWN_HEADER, SLICE, Seat, Session, Spec, Store, futex_wait,
     futex_wake,
 };
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::Leftover;
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::objects::Leftover;
 
 /// How long a waiter spins before it starts yielding.
 pub const SPIN: Duration = Duration::from_micros(2);
@@ -201,26 +201,15 @@ fn wait_until(
 pub struct ShmSpin;
 
 impl Transport for ShmSpin {
-    fn name(&self) -> &'static str {
-        "shm-spin"
-    }
-    fn description(&self) -> &'static str {
-        "POSIX shared memory, lock-free rings, busy-waiting (spin, yield, then futex), one client"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "shared memory objects /dev/shm/ipclab-spin-<uid>-<hash>-<name> (meeting) and …-<name>.session (a session); rings and futex words live inside"
-    }
-    fn inspect_note(&self) -> &'static str {
-        "Like shm, both processes map the same /dev/shm objects (one to meet, one per session) and hold nothing else: no socket, no pipe, not even a semaphore. The two rings and their head and tail indices are plain memory in that mapping. While a conversation runs, neither process enters the kernel: each watches the other's index in a loop (look at the CPU time of both processes with `ps -o pid,time,cmd`), and only an idle side goes to sleep in futex(2) on a word inside the mapping."
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: false,
-            boundaries: Boundaries::Stream,
-            max_message: None,
-            crosses_machines: false,
-            inherited: false,
-        }
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "shm-spin",
+            description: "POSIX shared memory, lock-free rings, busy-waiting (spin, yield, then futex), one client",
+            kernel_objects: "shared memory objects /dev/shm/ipclab-spin-<uid>-<hash>-<name> (meeting) and …-<name>.session (a session); rings and futex words live inside",
+            inspect_note: "Like shm, both processes map the same /dev/shm objects (one to meet, one per session) and hold nothing else: no socket, no pipe, not even a semaphore. The two rings and their head and tail indices are plain memory in that mapping. While a conversation runs, neither process enters the kernel: each watches the other's index in a loop (look at the CPU time of both processes with `ps -o pid,time,cmd`), and only an idle side goes to sleep in futex(2) on a word inside the mapping.",
+            capabilities: Capabilities::stream().one_client(),
+        };
+        &ABOUT
     }
 
     fn external_objects(&self, cfg: &Config) -> Vec<PathBuf> {

@@ -93,10 +93,9 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::{self, Leftover};
-use crate::interrupt::pid_alive;
-use crate::runtime::{self, CreatedPath};
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::objects::{self, Leftover};
+use crate::runtime::{self, CreatedPath, pid_alive};
 
 /// Data words a sender may have unacknowledged.
 pub const WINDOW: u32 = 256;
@@ -287,23 +286,37 @@ fn gettid() -> libc::pid_t {
 }
 
 /// The real-time signal transport.
+///
+/// # Side effects on the calling thread
+/// Signals are taken with `sigtimedwait(2)`, not a handler, so they must be
+/// blocked where they arrive:
+/// * `connect` blocks SIGRTMIN+1 and SIGRTMIN+2 in the **calling thread**
+///   (`pthread_sigmask(3)`), and leaves them blocked after the link is
+///   dropped; threads that thread starts later inherit the mask. A program
+///   that uses those two signals itself must connect from a thread of its
+///   own.
+/// * `listen` blocks them in the calling thread before any session thread
+///   exists, so the whole server inherits the mask.
+///
+/// Waits also go through [`crate::sys::interrupt`], whose first use
+/// installs a `SIGRTMAX` handler and starts a watchdog thread.
 pub struct Signal;
 
 impl Transport for Signal {
-    fn name(&self) -> &'static str {
-        "signal"
-    }
-    fn description(&self) -> &'static str {
-        "real-time signals carrying 8 bytes each (sigqueue/sigtimedwait), windowed, one client"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "queued signals SIGRTMIN+1 (data) and SIGRTMIN+2 (control); pid file <dir>/<name>.signal.pid"
-    }
-    fn inspect_note(&self) -> &'static str {
-        "Signals are not held through descriptors: look at the signals line. Both processes block the real-time signals they use (blocked) and take them with sigtimedwait(2) instead of a handler, so they are never delivered asynchronously; queued counts this user's queued signals against RLIMIT_SIGPENDING. The pid file is the transport's only file: it tells the client which process to sigqueue(3) to."
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "signal",
+            description: "real-time signals carrying 8 bytes each (sigqueue/sigtimedwait), windowed, one client",
+            kernel_objects: "queued signals SIGRTMIN+1 (data) and SIGRTMIN+2 (control); pid file <dir>/<name>.signal.pid",
+            inspect_note: "Signals are not held through descriptors: look at the signals line. Both processes block the real-time signals they use (blocked) and take them with sigtimedwait(2) instead of a handler, so they are never delivered asynchronously; queued counts this user's queued signals against RLIMIT_SIGPENDING. The pid file is the transport's only file: it tells the client which process to sigqueue(3) to.",
+            capabilities: Capabilities::messages()
+                .max_message(std::mem::size_of::<libc::sigval>())
+                .one_client(),
+        };
+        &ABOUT
     }
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
-        clean::files_with_suffix(dir, ".signal.pid")
+        objects::files_with_suffix(dir, ".signal.pid")
             .into_iter()
             .map(|(_, path)| {
                 Leftover::judge_file(
@@ -313,20 +326,11 @@ impl Transport for Signal {
                     |t| t.is_file(),
                     || {
                         let pid = runtime::read_pid_file(&path)?;
-                        Ok(clean::pid_verdict("server", pid))
+                        Ok(objects::pid_verdict("server", pid))
                     },
                 )
             })
             .collect()
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: false,
-            boundaries: Boundaries::Messages,
-            max_message: Some(std::mem::size_of::<libc::sigval>()),
-            crosses_machines: false,
-            inherited: false,
-        }
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {

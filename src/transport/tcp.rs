@@ -50,33 +50,22 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport, WatchedReads};
+use super::{About, Capabilities, Config, Link, Listener, Transport, WatchedReads};
 use crate::runtime;
 
 /// The TCP loopback transport.
 pub struct Tcp;
 
 impl Transport for Tcp {
-    fn name(&self) -> &'static str {
-        "tcp"
-    }
-    fn description(&self) -> &'static str {
-        "TCP over loopback (TCP_NODELAY), a thread per client"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "a listening TCP socket on --addr (127.0.0.1:8008); one connection per client"
-    }
-    fn inspect_note(&self) -> &'static str {
-        "This is the classic lsof exercise. The server holds the listening socket (LISTEN on 127.0.0.1 and its port) and the socket accept(2) returned for this client; the client's socket mirrors that one, with the local and remote addresses swapped, so the client's ephemeral port is the accepted socket's remote port. Over loopback the packets never reach a network card, but they still go through the whole TCP/IP stack: segments, acknowledgements and a socket buffer on each side."
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: true,
-            boundaries: Boundaries::Stream,
-            max_message: None,
-            crosses_machines: true,
-            inherited: false,
-        }
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "tcp",
+            description: "TCP over loopback (TCP_NODELAY), a thread per client",
+            kernel_objects: "a listening TCP socket on --addr (127.0.0.1:8008); one connection per client",
+            inspect_note: "This is the classic lsof exercise. The server holds the listening socket (LISTEN on 127.0.0.1 and its port) and the socket accept(2) returned for this client; the client's socket mirrors that one, with the local and remote addresses swapped, so the client's ephemeral port is the accepted socket's remote port. Over loopback the packets never reach a network card, but they still go through the whole TCP/IP stack: segments, acknowledgements and a socket buffer on each side.",
+            capabilities: Capabilities::stream().crosses_machines(),
+        };
+        &ABOUT
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {

@@ -112,9 +112,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{self, MsgFlags, sockopt};
 
 use super::tcp::resolve;
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::interrupt::{self, pid_alive};
-use crate::runtime;
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::runtime::{self, pid_alive};
+use crate::sys::interrupt;
 
 /// Payload bytes per DATA datagram.
 pub const CHUNK: usize = 32 * 1024;
@@ -152,26 +152,15 @@ fn socket_at(addr: SocketAddr, write_timeout: Duration) -> io::Result<UdpSocket>
 }
 
 impl Transport for Udp {
-    fn name(&self) -> &'static str {
-        "udp"
-    }
-    fn description(&self) -> &'static str {
-        "UDP over loopback: a socket per session, sliding window, acknowledgements, retransmission"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "UDP socket on 127.0.0.1:8008 (ss -ua) and one connected socket per session"
-    }
-    fn inspect_note(&self) -> &'static str {
-        "UDP sockets have no LISTEN state: the server's first socket is UNCONN on its port and only receives HELLOs. For each client it made a second socket, CONNECTED to the client's address, and the client's socket is connected to that one: the two addresses mirror each other as for TCP, but nothing in the kernel keeps a connection: ipclab's sequence numbers and acknowledgements do."
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: true,
-            boundaries: Boundaries::Messages,
-            max_message: None,
-            crosses_machines: true,
-            inherited: false,
-        }
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "udp",
+            description: "UDP over loopback: a socket per session, sliding window, acknowledgements, retransmission",
+            kernel_objects: "UDP socket on 127.0.0.1:8008 (ss -ua) and one connected socket per session",
+            inspect_note: "UDP sockets have no LISTEN state: the server's first socket is UNCONN on its port and only receives HELLOs. For each client it made a second socket, CONNECTED to the client's address, and the client's socket is connected to that one: the two addresses mirror each other as for TCP, but nothing in the kernel keeps a connection: ipclab's sequence numbers and acknowledgements do.",
+            capabilities: Capabilities::messages().crosses_machines(),
+        };
+        &ABOUT
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {

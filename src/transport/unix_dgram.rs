@@ -115,11 +115,11 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use super::unix::{listen_on_file, reach_error, refusal, socket_file_leftovers};
 use super::unix_seqpacket::{PACKET, PacketLink};
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::Leftover;
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::objects::{Leftover, socket_file_leftovers};
 use crate::runtime::{self, CreatedPath};
+use crate::sys::unix_socket::{listen_on_file, reach_error, refusal};
 
 const SUFFIX: &str = ".dgram";
 /// The client's greeting, and the server's answer from the session socket.
@@ -134,31 +134,26 @@ const NOT_GREETED: &str = "this ipclab unix-dgram server starts a session for ea
 pub struct UnixDgram;
 
 impl Transport for UnixDgram {
-    fn name(&self) -> &'static str {
-        "unix-dgram"
-    }
-    fn description(&self) -> &'static str {
-        "UNIX domain SOCK_DGRAM sockets: no connections, one autobound socket per session"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "socket file <dir>/<name>.dgram (greetings only); autobound abstract sockets (@…) per session"
-    }
-    fn inspect_note(&self) -> &'static str {
-        "The server holds the datagram socket bound to <name>.dgram, which only receives greetings, and one more socket per client, bound to an abstract name the kernel picked (autobind, shown as @…; no file). Each session socket is connected to its client's socket and the client's to it, so the kernel reports them as peers, like a stream pair; but connect(2) on a datagram socket only fixes the destination and filters senders: no connection exists, and nothing tells one side when the other closes."
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: true,
-            boundaries: Boundaries::Messages,
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "unix-dgram",
+            description: "UNIX domain SOCK_DGRAM sockets: no connections, one autobound socket per session",
+            kernel_objects: "socket file <dir>/<name>.dgram (greetings only); autobound abstract sockets (@…) per session",
+            inspect_note: "The server holds the datagram socket bound to <name>.dgram, which only receives greetings, and one more socket per client, bound to an abstract name the kernel picked (autobind, shown as @…; no file). Each session socket is connected to its client's socket and the client's to it, so the kernel reports them as peers, like a stream pair; but connect(2) on a datagram socket only fixes the destination and filters senders: no connection exists, and nothing tells one side when the other closes.",
             // ipclab's packets; the kernel's own limit is the send buffer.
-            max_message: Some(PACKET),
-            crosses_machines: false,
-            inherited: false,
-        }
+            capabilities: Capabilities::messages().max_message(PACKET),
+        };
+        &ABOUT
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
-        let (sock, file) = listen_on_file(cfg, SUFFIX, SockType::Datagram, self.name())?;
+        let (sock, file) = listen_on_file(
+            &cfg.dir,
+            cfg.object_path(SUFFIX),
+            SockType::Datagram,
+            self.name(),
+            cfg.timeout,
+        )?;
         socket::setsockopt(&sock, sockopt::PassCred, &true)?;
         Ok(Box::new(DgramServer {
             sock,

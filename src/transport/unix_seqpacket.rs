@@ -46,10 +46,10 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, SockFlag, SockType, sockopt};
 use nix::sys::time::TimeVal;
 
-use super::unix::{connect_socket, listen_on_file};
-use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::clean::Leftover;
+use super::{About, Capabilities, Config, Link, Listener, Transport};
+use crate::objects::{Leftover, socket_file_leftovers};
 use crate::runtime::{self, CreatedPath};
+use crate::sys::unix_socket::{connect_socket, listen_on_file};
 
 /// The largest packet either side sends.
 pub(crate) const PACKET: usize = 64 * 1024;
@@ -59,31 +59,26 @@ const SUFFIX: &str = ".seqpacket";
 pub struct UnixSeqpacket;
 
 impl Transport for UnixSeqpacket {
-    fn name(&self) -> &'static str {
-        "unix-seqpacket"
-    }
-    fn description(&self) -> &'static str {
-        "UNIX domain SOCK_SEQPACKET socket: a connection that keeps message boundaries"
-    }
-    fn kernel_objects(&self) -> &'static str {
-        "socket file <dir>/<name>.seqpacket; a listening socket and one connected pair per client"
-    }
-    fn inspect_note(&self) -> &'static str {
-        "The same picture as the unix transport (a listening socket bound to a file, one accepted socket per client, each the peer of a client socket), but the type column says seqpacket: every write(2) on these sockets is one packet that the peer's read(2) receives whole, so the kernel keeps the message boundaries that a stream socket forgets."
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_client: true,
-            boundaries: Boundaries::Messages,
+    fn about(&self) -> &'static About {
+        static ABOUT: About = About {
+            name: "unix-seqpacket",
+            description: "UNIX domain SOCK_SEQPACKET socket: a connection that keeps message boundaries",
+            kernel_objects: "socket file <dir>/<name>.seqpacket; a listening socket and one connected pair per client",
+            inspect_note: "The same picture as the unix transport (a listening socket bound to a file, one accepted socket per client, each the peer of a client socket), but the type column says seqpacket: every write(2) on these sockets is one packet that the peer's read(2) receives whole, so the kernel keeps the message boundaries that a stream socket forgets.",
             // ipclab's packets; the kernel's own limit is the send buffer.
-            max_message: Some(PACKET),
-            crosses_machines: false,
-            inherited: false,
-        }
+            capabilities: Capabilities::messages().max_message(PACKET),
+        };
+        &ABOUT
     }
 
     fn listen(&self, cfg: &Config) -> io::Result<Box<dyn Listener>> {
-        let (listener, file) = listen_on_file(cfg, SUFFIX, SockType::SeqPacket, self.name())?;
+        let (listener, file) = listen_on_file(
+            &cfg.dir,
+            cfg.object_path(SUFFIX),
+            SockType::SeqPacket,
+            self.name(),
+            cfg.timeout,
+        )?;
         Ok(Box::new(SeqServer {
             listener,
             file,
@@ -107,7 +102,7 @@ impl Transport for UnixSeqpacket {
     }
 
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
-        super::unix::socket_file_leftovers(dir, SUFFIX, SockType::SeqPacket, self.name())
+        socket_file_leftovers(dir, SUFFIX, SockType::SeqPacket, self.name())
     }
 }
 

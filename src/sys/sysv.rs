@@ -8,6 +8,18 @@
 //!
 //! See `sysvipc(7)`, `msgget(2)`, `msgop(2)`, `msgctl(2)`, `ftok(3)`; the
 //! objects are listed by `ipcs -q` and in `/proc/sysvipc/msg`.
+//!
+//! The blocking calls ([`MsgQueue::send_raw`], [`MsgQueue::recv_raw`]) fail
+//! with a [`SysvError`], which [`crate::sys::interrupt::bounded`] retries on
+//! `EINTR` and otherwise words with [`explain`].
+//!
+//! # Safety
+//! Every `unsafe` here is one call into libc: `ftok(3)` gets a
+//! NUL-terminated path; `msgget(2)` and `msgctl(2)` (`IPC_RMID`, and
+//! `IPC_STAT` into a zeroed `msqid_ds` it fills) take plain integers;
+//! `msgsnd(2)`/`msgrcv(2)` (see `msgop(2)`) get a buffer that begins with
+//! the `long` mtype word and the length of the text after it, never more
+//! than the buffer holds.
 
 use std::ffi::CString;
 use std::io;
@@ -25,7 +37,7 @@ pub type Key = libc::key_t;
 pub fn ftok(path: &Path, project: u8) -> io::Result<Key> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
-    // SAFETY: `c` is a valid NUL-terminated string.
+    // SAFETY (ftok(3)): `c` is a valid NUL-terminated string.
     let key = unsafe { libc::ftok(c.as_ptr(), project as libc::c_int) };
     if key == -1 {
         return Err(explain(Errno::last(), &format!("ftok({})", path.display())));
@@ -66,6 +78,29 @@ pub fn explain(e: Errno, call: &str) -> io::Error {
     }
 }
 
+/// The errno of a failed `msgsnd(2)` or `msgrcv(2)`: `EINTR` is retried by
+/// [`crate::sys::interrupt::bounded`]; anything else is worded by
+/// [`explain`], which knows what the System V errors mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysvError(pub Errno);
+
+impl std::fmt::Display for SysvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SysvError {}
+
+impl crate::sys::interrupt::CallError for SysvError {
+    fn interrupted(&self) -> bool {
+        self.0 == Errno::EINTR
+    }
+    fn explain(self, waiting: &str) -> io::Error {
+        explain(self.0, waiting)
+    }
+}
+
 /// Read a kernel limit from `/proc/sys/kernel/<name>` (`msgmax`, `msgmnb` …).
 pub fn kernel_limit(name: &str) -> io::Result<usize> {
     let path = format!("/proc/sys/kernel/{name}");
@@ -93,7 +128,7 @@ pub const MTYPE_LEN: usize = std::mem::size_of::<libc::c_long>();
 impl MsgQueue {
     /// Create a new queue for `key`, mode 0600; fails if one exists.
     pub fn create(key: Key) -> io::Result<Self> {
-        // SAFETY: plain system call.
+        // SAFETY (msgget(2)): integers only.
         let id = unsafe { libc::msgget(key, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
         if id == -1 {
             return Err(explain(Errno::last(), "msgget(IPC_CREAT)"));
@@ -107,7 +142,7 @@ impl MsgQueue {
 
     /// Open the existing queue for `key`.
     pub fn open(key: Key) -> io::Result<Self> {
-        // SAFETY: plain system call.
+        // SAFETY (msgget(2)): integers only.
         let id = unsafe { libc::msgget(key, 0) };
         if id == -1 {
             return Err(explain(Errno::last(), "msgget"));
@@ -127,13 +162,14 @@ impl MsgQueue {
     /// `msgsnd(2)`: `msg` holds the message *including* its leading
     /// `mtype` word (see [`set_mtype`]); its text is `msg[MTYPE_LEN..]`.
     /// Blocks while the queue is full, unless `nowait`.
-    pub fn send_raw(&self, msg: &[u8], nowait: bool) -> nix::Result<()> {
+    pub fn send_raw(&self, msg: &[u8], nowait: bool) -> Result<(), SysvError> {
         assert!(msg.len() >= MTYPE_LEN);
         let flags = if nowait { libc::IPC_NOWAIT } else { 0 };
-        // SAFETY: `msg` starts with a c_long mtype followed by the text; the
-        // kernel reads exactly `msg.len() - MTYPE_LEN` text bytes.
+        // SAFETY (msgop(2)): `msg` starts with a c_long mtype followed by
+        // the text; the kernel reads exactly `msg.len() - MTYPE_LEN` text
+        // bytes.
         let r = unsafe { libc::msgsnd(self.id, msg.as_ptr().cast(), msg.len() - MTYPE_LEN, flags) };
-        Errno::result(r).map(drop)
+        Errno::result(r).map(drop).map_err(SysvError)
     }
 
     /// `msgrcv(2)` of the first message of type `mtype` into `buf` (mtype
@@ -144,11 +180,11 @@ impl MsgQueue {
         buf: &mut [u8],
         mtype: libc::c_long,
         nowait: bool,
-    ) -> nix::Result<usize> {
+    ) -> Result<usize, SysvError> {
         assert!(buf.len() >= MTYPE_LEN);
         let flags = if nowait { libc::IPC_NOWAIT } else { 0 };
-        // SAFETY: the kernel writes at most `buf.len() - MTYPE_LEN` text bytes
-        // after the mtype word; `buf` is that large.
+        // SAFETY (msgop(2)): the kernel writes at most `buf.len() -
+        // MTYPE_LEN` text bytes after the mtype word; `buf` is that large.
         let r = unsafe {
             libc::msgrcv(
                 self.id,
@@ -158,7 +194,7 @@ impl MsgQueue {
                 flags,
             )
         };
-        Errno::result(r).map(|n| n as usize)
+        Errno::result(r).map(|n| n as usize).map_err(SysvError)
     }
 
     /// Discard every waiting message of type `mtype` (a dead peer's).
@@ -166,7 +202,7 @@ impl MsgQueue {
         let mut buf = [0u8; MTYPE_LEN];
         loop {
             // MSG_NOERROR: take a message of any size, truncating it.
-            // SAFETY: as in recv_raw, with a text size of 0.
+            // SAFETY (msgop(2)): as in recv_raw, with a text size of 0.
             let r = unsafe {
                 libc::msgrcv(
                     self.id,
@@ -184,7 +220,8 @@ impl MsgQueue {
 
     /// `msgctl(IPC_STAT)`.
     pub fn stat(&self) -> io::Result<libc::msqid_ds> {
-        // SAFETY: msqid_ds is plain data; the kernel fills it.
+        // SAFETY (msgctl(2)): msqid_ds is plain data, valid zeroed; the
+        // kernel fills it.
         let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
         let r = unsafe { libc::msgctl(self.id, libc::IPC_STAT, &mut ds) };
         if r == -1 {
@@ -198,7 +235,7 @@ impl MsgQueue {
         if self.removed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
-        // SAFETY: plain system call.
+        // SAFETY (msgctl(2)): IPC_RMID takes no buffer.
         let r = unsafe { libc::msgctl(self.id, libc::IPC_RMID, std::ptr::null_mut()) };
         if r == -1 {
             return Err(explain(Errno::last(), "msgctl(IPC_RMID)"));
@@ -256,9 +293,9 @@ mod tests {
         // Only type 9 is asked for: the type-7 message stays queued.
         assert_eq!(q.recv_raw(&mut buf, 9, true).unwrap(), 5);
         assert_eq!(mtype(&buf), 9);
-        assert_eq!(q.recv_raw(&mut buf, 9, true), Err(Errno::ENOMSG));
+        assert_eq!(q.recv_raw(&mut buf, 9, true), Err(SysvError(Errno::ENOMSG)));
         q.purge(7);
-        assert_eq!(q.recv_raw(&mut buf, 7, true), Err(Errno::ENOMSG));
+        assert_eq!(q.recv_raw(&mut buf, 7, true), Err(SysvError(Errno::ENOMSG)));
 
         let id = q.id();
         drop(q);
@@ -268,6 +305,29 @@ mod tests {
             MsgQueue::open(key).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn a_bounded_queue_call_explains_sysv_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, b"").unwrap();
+        let q = MsgQueue::create(ftok(&f, b'E').unwrap()).unwrap();
+        q.remove().unwrap();
+        let mut buf = vec![0u8; MTYPE_LEN + 8];
+        // A removed queue: msgrcv fails (EINVAL or EIDRM), in SysV words.
+        let err = crate::sys::interrupt::bounded(
+            std::time::Instant::now() + std::time::Duration::from_secs(1),
+            "waiting for a message",
+            || Ok(()),
+            || q.recv_raw(&mut buf, 1, false),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("waiting for a message: "), "{text}");
+        // explain's words ("a removed object", "the object was removed"),
+        // not only strerror's.
+        assert!(text.contains("object"), "{text}");
     }
 
     #[test]

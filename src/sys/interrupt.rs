@@ -23,6 +23,32 @@
 //! A wake signal that arrives just after the call returned interrupts some
 //! later system call instead, which then fails with `EINTR`; every blocking
 //! call in ipclab retries on `EINTR`, so that is harmless.
+//!
+//! # Side effects on the whole process
+//! The first bounded call in a process (any [`bounded`] or [`read`], which
+//! every transport's blocking wait goes through) does two things that last
+//! as long as the process:
+//! * it installs a handler for [`wake_signal`] (`SIGRTMAX`) with
+//!   `sigaction(2)`, without `SA_RESTART`, replacing any handler the
+//!   program had for that signal;
+//! * it starts one watchdog thread, `ipclab-wake`, which never ends.
+//!
+//! A program that embeds ipclab must leave `SIGRTMAX` to it and must not
+//! block it in threads that make bounded calls (they would then wait out
+//! their whole deadline instead of a quarter second at a time).
+//!
+//! # Errors
+//! A call that fails with anything but `EINTR` ends the wait. How its errno
+//! is worded is the caller's: [`CallError`] is implemented generically for
+//! [`Errno`] (the call that was waiting, and the errno's own text), and a
+//! layer with errors of its own words them itself (System V IPC:
+//! [`crate::sys::sysv::SysvError`]).
+//!
+//! # Safety
+//! The `unsafe` here: `sigaction(2)` installs an empty handler (nothing in
+//! it, so it is async-signal-safe, `signal-safety(7)`); `pthread_kill(3)`
+//! targets only threads whose slot says they are alive; `pthread_self(3)`
+//! has no preconditions; `read(2)` gets a buffer of the length it is told.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +56,11 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+
+// Transitional: the unix-seqpacket link still names
+// `crate::interrupt::pid_alive`; it lives in `crate::runtime` now.
+#[doc(hidden)]
+pub use crate::runtime::pid_alive;
 
 /// How long a blocked call may wait before it is woken to check.
 pub const PERIOD: Duration = Duration::from_millis(250);
@@ -72,8 +103,9 @@ extern "C" fn on_wake(_: libc::c_int) {}
 
 fn start_watchdog() {
     START.call_once(|| {
-        // SAFETY: installs an empty handler without SA_RESTART; the handler
-        // does nothing, so it is async-signal-safe.
+        // SAFETY (sigaction(2), signal-safety(7)): installs an empty handler
+        // without SA_RESTART; the handler does nothing, so it is
+        // async-signal-safe.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_wake as *const () as usize;
@@ -101,8 +133,9 @@ fn start_watchdog() {
                             // A wait begun since the last look.
                             *at = Some(now);
                         } else if at.is_some_and(|t| now - t >= PERIOD) {
-                            // SAFETY: the thread is alive: a thread marks its
-                            // slot gone under this lock before it exits.
+                            // SAFETY (pthread_kill(3)): the thread is alive: a
+                            // thread marks its slot gone under this lock
+                            // before it exits.
                             unsafe { libc::pthread_kill(s.thread, wake_signal()) };
                             *at = Some(now);
                         }
@@ -131,7 +164,7 @@ impl Drop for Registration {
 thread_local! {
     static SLOT: Registration = {
         start_watchdog();
-        // SAFETY: pthread_self has no preconditions.
+        // SAFETY (pthread_self(3)): no preconditions.
         let slot = Arc::new(Slot {
             thread: unsafe { libc::pthread_self() },
             state: AtomicU64::new(0),
@@ -144,14 +177,40 @@ thread_local! {
     };
 }
 
+/// The error of a call that [`bounded`] runs: it tells `EINTR` apart from
+/// the other failures, and puts those in words.
+pub trait CallError {
+    /// Did the call fail with `EINTR` (a signal handler ran)?
+    fn interrupted(&self) -> bool;
+    /// The failure as an error for people; `waiting` says what the call
+    /// was waiting for.
+    fn explain(self, waiting: &str) -> io::Error;
+}
+
+/// Any system call's errno, worded generically: what was being waited
+/// for, then the errno's own text (`strerror(3)`), with the matching
+/// [`io::ErrorKind`].
+impl CallError for Errno {
+    fn interrupted(&self) -> bool {
+        *self == Errno::EINTR
+    }
+    fn explain(self, waiting: &str) -> io::Error {
+        io::Error::new(io::Error::from(self).kind(), format!("{waiting}: {self}"))
+    }
+}
+
 /// Run `call` — a blocking system call that fails with `EINTR` when a
-/// signal handler runs — until it succeeds, fails otherwise, `deadline`
-/// passes (`TimedOut` saying `waiting`), or `alive` reports the peer gone.
-pub fn bounded<T>(
+/// signal handler runs — until it succeeds, fails otherwise (worded by its
+/// [`CallError`]), `deadline` passes (`TimedOut` saying `waiting`), or
+/// `alive` reports the peer gone.
+///
+/// The first call in a process installs the `SIGRTMAX` handler and starts
+/// the watchdog thread (see the module doc).
+pub fn bounded<T, E: CallError>(
     deadline: impl Into<Deadline>,
     waiting: &str,
     mut alive: impl FnMut() -> io::Result<()>,
-    mut call: impl FnMut() -> nix::Result<T>,
+    mut call: impl FnMut() -> Result<T, E>,
 ) -> io::Result<T> {
     let mut deadline = deadline.into();
     SLOT.with(|reg| {
@@ -164,7 +223,7 @@ pub fn bounded<T>(
             state.store(waiting_now - 1, Ordering::Release);
             match r {
                 Ok(v) => return Ok(v),
-                Err(Errno::EINTR) => {
+                Err(e) if e.interrupted() => {
                     alive()?;
                     let now = Instant::now();
                     let at = match deadline {
@@ -179,7 +238,7 @@ pub fn bounded<T>(
                         ));
                     }
                 }
-                Err(e) => return Err(crate::sysv::explain(e, waiting)),
+                Err(e) => return Err(e.explain(waiting)),
             }
         }
     })
@@ -187,59 +246,26 @@ pub fn bounded<T>(
 
 /// `read(2)` on a blocking `fd`, bounded by `timeout`: a plain read, with
 /// no timer armed and no `poll` before it; the wake-up signal lets it look
-/// at its deadline every [`PERIOD`].
+/// at its deadline every [`PERIOD`]. Like [`bounded`], the first call
+/// installs the `SIGRTMAX` handler and starts the watchdog thread.
 pub fn read(fd: std::os::fd::RawFd, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
     bounded(
         Deadline::After(timeout),
         "waiting for the peer to send",
         || Ok(()),
         || {
-            // SAFETY: a valid fd and buffer.
+            // SAFETY (read(2)): the kernel writes at most `buf.len()` bytes
+            // into `buf`; a bad fd is an error (EBADF), not undefined.
             Errno::result(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
                 .map(|n| n as usize)
         },
     )
 }
 
-/// Is process `pid` still there and running? `kill(pid, 0)` says whether
-/// the pid exists; a killed process whose parent has not reaped it yet (a
-/// zombie, state `Z` in `/proc/<pid>/stat`) still exists but will never
-/// answer, so it counts as gone.
-pub fn pid_alive(pid: i32) -> bool {
-    if pid <= 0
-        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH)
-    {
-        return false;
-    }
-    // "pid (comm) S …": the state follows the last ')'.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
-
-    #[test]
-    fn a_zombie_is_not_alive() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("10")
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        assert!(pid_alive(pid));
-        child.kill().unwrap();
-        // Killed but not reaped yet: a zombie.
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!pid_alive(pid));
-        child.wait().unwrap();
-        assert!(!pid_alive(pid));
-    }
 
     #[test]
     fn a_blocking_call_is_bounded() {
@@ -286,5 +312,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn a_failed_call_is_worded_generically() {
+        // A pipe read's failure is not a System V error: no word of
+        // message queues in it.
+        let err = bounded(
+            Deadline::After(Duration::from_secs(1)),
+            "waiting for the peer to send",
+            || Ok(()),
+            || Err::<(), _>(Errno::EINVAL),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let text = err.to_string();
+        assert!(text.starts_with("waiting for the peer to send: "), "{text}");
+        assert!(!text.contains("msgmax"), "{text}");
     }
 }
