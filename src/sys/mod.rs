@@ -8,6 +8,8 @@
 //! * [`sysv`] — System V message queues and `ftok`;
 //! * [`fd_link`] — a link over a pair of pipe or FIFO descriptors;
 //! * [`unix_socket`] — UNIX socket files: bind, connect, `--same-user`;
+//! * [`passed_fds`] — descriptors a peer passes (`SCM_RIGHTS`): owned at
+//!   once, checked for what they claim to be;
 //! * [`cpu`] — pinning a thread to a CPU.
 //!
 //! (`crate::sem`, process-shared POSIX semaphores, is the same kind of
@@ -16,5 +18,6 @@
 pub mod cpu;
 pub mod fd_link;
 pub mod interrupt;
+pub mod passed_fds;
 pub mod sysv;
 pub mod unix_socket;

@@ -98,14 +98,14 @@
 //! plus the socket calls of the `unix` transport.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl};
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::memfd::{MFdFlags, memfd_create};
@@ -115,6 +115,7 @@ use super::{About, Capabilities, Config, Link, Listener, Transport};
 use crate::objects::{Leftover, socket_file_leftovers};
 use crate::runtime::{self, CreatedPath};
 use crate::sys::interrupt::{self, Deadline};
+use crate::sys::passed_fds::{Received, check_blocking_eventfd, check_sealed_memfd, recv_with_fds};
 use crate::sys::unix_socket::{admit, connect_socket, listen_on_file};
 
 /// Bytes per chunk in each direction.
@@ -279,7 +280,12 @@ fn receive_channel(sock: &OwnedFd, timeout: Duration) -> io::Result<Channel> {
             "the client sent no descriptors",
         ));
     }
-    let (bytes, fds, truncated) = receive_fds(sock)?;
+    let mut byte = [0u8; 1];
+    let Received {
+        bytes,
+        fds,
+        truncated,
+    } = recv_with_fds(sock, &mut byte, FDS)?;
     if bytes == 0 {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -295,125 +301,18 @@ fn receive_channel(sock: &OwnedFd, timeout: Duration) -> io::Result<Channel> {
     }
     let [memfd, c2s_full, c2s_empty, s2c_full, s2c_empty] =
         <[OwnedFd; FDS]>::try_from(fds).map_err(|_| violation("lost count".into()))?;
-    check_region(&memfd)?;
+    check_sealed_memfd(&memfd, SEALS, REGION)
+        .map_err(|what| violation(format!("its first descriptor, the region: {what}")))?;
     for (efd, role) in [
         (&c2s_full, "second (c2s full)"),
         (&c2s_empty, "third (c2s empty)"),
         (&s2c_full, "fourth (s2c full)"),
         (&s2c_empty, "fifth (s2c empty)"),
     ] {
-        check_eventfd(efd, role)?;
+        check_blocking_eventfd(efd)
+            .map_err(|what| violation(format!("its {role} descriptor: {what}")))?;
     }
     Channel::new(&memfd, c2s_full, c2s_empty, s2c_full, s2c_empty)
-}
-
-/// One `recvmsg(2)` of the handshake byte and every descriptor attached to
-/// it: (bytes received, the descriptors, whether the kernel cut the
-/// descriptors short with `MSG_CTRUNC`). The control buffer holds [`FDS`]
-/// descriptors (rounded up, six); a sender of more gets the rest discarded
-/// by the kernel, and those that did arrive are returned to be closed.
-///
-/// Raw `libc` rather than nix's `recvmsg`: nix refuses to walk a truncated
-/// control buffer (`cmsgs()` fails with `ENOBUFS`), which would leave the
-/// descriptors the kernel did install open with no owner — six leaked per
-/// such connection, for good.
-fn receive_fds(sock: &OwnedFd) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
-    const FD: usize = std::mem::size_of::<RawFd>();
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: byte.len(),
-    };
-    // u64s: the control buffer must be aligned for `cmsghdr`.
-    let mut space = [0u64; 8];
-    // SAFETY: CMSG_SPACE is arithmetic.
-    let room = unsafe { libc::CMSG_SPACE((FDS * FD) as u32) } as usize;
-    assert!(room <= std::mem::size_of_val(&space));
-    // SAFETY: a zeroed msghdr is valid (no name, no control).
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = space.as_mut_ptr().cast();
-    hdr.msg_controllen = room as _;
-    let bytes = loop {
-        // SAFETY: hdr points at live buffers of the lengths it states.
-        match Errno::result(unsafe {
-            libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC)
-        }) {
-            Err(Errno::EINTR) => continue,
-            r => break r? as usize,
-        }
-    };
-    let mut fds = Vec::new();
-    let end = space.as_ptr() as usize + (hdr.msg_controllen as usize).min(room);
-    // SAFETY: the kernel filled `hdr` and the control buffer; CMSG_FIRSTHDR
-    // and CMSG_NXTHDR stay within msg_controllen, and each descriptor's
-    // bytes are read only below `end`.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&hdr);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c);
-                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let count = len.min(end.saturating_sub(data as usize)) / FD;
-                for i in 0..count {
-                    let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                    fds.push(OwnedFd::from_raw_fd(raw));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&hdr, c);
-        }
-    }
-    Ok((bytes, fds, hdr.msg_flags & libc::MSG_CTRUNC != 0))
-}
-
-/// The region must be a memfd sealed against any change of size, not
-/// against writing, of exactly [`REGION`] bytes.
-fn check_region(fd: &OwnedFd) -> io::Result<()> {
-    let seals = fcntl(fd, FcntlArg::F_GET_SEALS).map_err(|e| {
-        violation(format!(
-            "its first descriptor is not a memfd (F_GET_SEALS: {e}); it must be the region, made by memfd_create(2)"
-        ))
-    })?;
-    let seals = SealFlag::from_bits_truncate(seals);
-    if !seals.contains(SEALS) {
-        return Err(violation(format!(
-            "its region memfd is not sealed against resizing (it has {seals:?}; a client seals it \
-             with F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL, or it could shrink it under the server)"
-        )));
-    }
-    if seals.intersects(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_FUTURE_WRITE) {
-        return Err(violation(format!(
-            "its region is sealed against writing ({seals:?}): the server could not reply in it"
-        )));
-    }
-    let size = nix::sys::stat::fstat(fd)?.st_size;
-    if size != REGION as libc::off_t {
-        return Err(violation(format!(
-            "its region is {size} bytes long, not {REGION}"
-        )));
-    }
-    Ok(())
-}
-
-/// An eventfd, in blocking mode (a non-blocking one would turn every wait
-/// into an error).
-fn check_eventfd(fd: &OwnedFd, role: &str) -> io::Result<()> {
-    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    let target = nix::fcntl::readlink(link.as_str())
-        .map_err(|e| io::Error::other(format!("cannot check {link}: {e}")))?;
-    if target != "anon_inode:[eventfd]" {
-        return Err(violation(format!(
-            "its {role} descriptor is {target:?}, not an eventfd (anon_inode:[eventfd])"
-        )));
-    }
-    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-    if flags.contains(OFlag::O_NONBLOCK) {
-        return Err(violation(format!(
-            "its {role} eventfd is non-blocking (EFD_NONBLOCK)"
-        )));
-    }
-    Ok(())
 }
 
 /// The shared region and the four counters, as one side sees them.
