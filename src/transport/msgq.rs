@@ -268,15 +268,7 @@ impl Transport for Msgq {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let mut chan = MsgChannel::new(
-            queue,
-            reply_to,
-            HELLO,
-            server_pid,
-            cfg.timeout,
-            cfg.timeout,
-            None,
-        );
+        let mut chan = MsgChannel::new(queue, reply_to, HELLO, server_pid, cfg, None);
         let mut hello = [0u8; MTYPE_LEN + HELLO_LEN];
         let text = &mut hello[MTYPE_LEN..];
         text[..4].copy_from_slice(&pid.to_le_bytes());
@@ -454,8 +446,7 @@ impl Listener for MsgqServer {
             request,
             reply,
             pid,
-            self.cfg.idle_timeout,
-            self.cfg.timeout,
+            &self.cfg,
             Some(ServerSession {
                 welcome: Some(welcome),
                 welcome_type: reply_to,
@@ -528,22 +519,28 @@ struct ServerSession {
 }
 
 impl MsgChannel {
+    /// A server's side waits for its client's next request up to the idle
+    /// timeout; every other wait is bounded by `--timeout`.
     fn new(
         queue: Arc<MsgQueue>,
         rx_type: libc::c_long,
         tx_type: libc::c_long,
         peer: i32,
-        read_timeout: Duration,
-        write_timeout: Duration,
+        cfg: &Config,
         server: Option<ServerSession>,
     ) -> Self {
+        let idle = if server.is_some() {
+            cfg.idle_timeout
+        } else {
+            cfg.timeout
+        };
         MsgChannel {
             queue,
             rx_type,
             tx_type,
             peer,
-            read_timeout,
-            write_timeout,
+            read_timeout: idle,
+            write_timeout: cfg.timeout,
             begun: false,
             broken: false,
             server,
@@ -682,8 +679,8 @@ mod tests {
         std::fs::write(&f, b"").unwrap();
         let queue = Arc::new(MsgQueue::create(sysv::ftok(&f, b'L').unwrap()).unwrap());
         let me = std::process::id() as i32;
-        let t = Duration::from_secs(5);
-        let mut chan = MsgChannel::new(Arc::clone(&queue), 6, 7, me, t, t, None);
+        let cfg = Config::default();
+        let mut chan = MsgChannel::new(Arc::clone(&queue), 6, 7, me, &cfg, None);
         chan.begun = true;
         let mut link = MessageLink::new(chan, 16);
         let mut long = vec![0u8; MTYPE_LEN + 17];

@@ -111,9 +111,10 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{self, MsgFlags, sockopt};
 
+use super::kit::message_link::peer_alive;
 use super::tcp::resolve;
 use super::{Boundaries, Capabilities, Config, Link, Listener, Transport};
-use crate::interrupt::{self, pid_alive};
+use crate::interrupt;
 use crate::runtime;
 
 /// Payload bytes per DATA datagram.
@@ -575,7 +576,7 @@ impl UdpLink {
     /// without one, retransmit, check the peer and the deadline.
     fn pump(&mut self, deadline: Instant, waiting: &str) -> io::Result<()> {
         let fd = self.sock.as_raw_fd();
-        let peer = self.peer_pid;
+        let alive = peer_alive(self.peer_pid.unwrap_or(0), "peer");
         let ack = self.header(ACK, 0, 0);
         let n = {
             let (dgram, unacked, sock) = (&mut self.dgram, &self.unacked, &self.sock);
@@ -592,13 +593,7 @@ impl UdpLink {
                         *ack_owed = false;
                         sock.send(&ack).map_err(peer_gone)?;
                     }
-                    match peer {
-                        Some(p) if !pid_alive(p) => Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            format!("the peer (pid {p}) died"),
-                        )),
-                        _ => Ok(()),
-                    }
+                    alive()
                 },
                 // MSG_TRUNC: the datagram's real length, even if longer
                 // than the buffer (then it is not ours).
