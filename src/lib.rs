@@ -25,13 +25,6 @@ pub mod sys;
 pub mod transport;
 pub mod units;
 
-// Transitional: the old paths of `sys::interrupt` and `sys::sysv`, for code
-// written against them on branches not merged yet (unix-seqpacket's link
-// still names `crate::interrupt::…`; tests name `ipclab::sysv`). Remove once
-// nothing uses them.
-#[doc(hidden)]
-pub use sys::{interrupt, sysv};
-
 /// The guide for course assignments (`docs/guide.md`), here so that
 /// `cargo test` compiles and runs its example transport.
 #[doc = include_str!("../docs/guide.md")]

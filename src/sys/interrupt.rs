@@ -57,11 +57,6 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-// Transitional: the unix-seqpacket link still names
-// `crate::interrupt::pid_alive`; it lives in `crate::runtime` now.
-#[doc(hidden)]
-pub use crate::runtime::pid_alive;
-
 /// How long a blocked call may wait before it is woken to check.
 pub const PERIOD: Duration = Duration::from_millis(250);
 /// How often the watchdog looks: a blocked call is woken between

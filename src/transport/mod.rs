@@ -65,6 +65,7 @@ use crate::sys::interrupt;
 pub mod eventfd;
 pub mod fifo;
 pub mod flock;
+pub mod kit;
 pub mod msgq;
 pub mod pipe;
 pub mod posixmq;

@@ -55,7 +55,7 @@
 //!
 //! # Bounded waits
 //! `msgrcv` and `msgsnd` have no timeout. They do fail with `EINTR` when a
-//! signal handler runs, and are never restarted, so [`crate::interrupt`]
+//! signal handler runs, and are never restarted, so [`crate::sys::interrupt`]
 //! wakes a call blocked for longer than a quarter second; the waiter then
 //! checks its deadline and whether its peer's pid still exists, and waits
 //! again or fails. When the server stops it removes the queue, and every
@@ -91,21 +91,22 @@
 //! `ftok(3)`, `msgget(2)`, `msgsnd(2)`, `msgrcv(2)`, `msgctl(2)` (`IPC_STAT`,
 //! `IPC_RMID`), `kill(2)` with signal 0, `pthread_kill(3)`; see `sysvipc(7)`.
 
-use std::cell::Cell;
 use std::fs;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::unistd::getuid;
 
+use super::kit::message_link::{self, MessageChannel, MessageLink, peer_alive};
 use super::{About, Capabilities, Config, Link, Listener, Transport};
 use crate::objects::{self, Leftover};
 use crate::runtime::{self, CreatedPath, pid_alive};
-use crate::sys::interrupt;
+use crate::sys::interrupt::{self, Deadline};
 use crate::sys::sysv::{self, MTYPE_LEN, MsgQueue};
 
 const PROJECT: u8 = b'Q';
@@ -263,27 +264,18 @@ impl Transport for Msgq {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let mut link = MsgLink::new(
-            queue,
-            reply_to,
-            HELLO,
-            server_pid,
-            cfg.timeout,
-            cfg.timeout,
-            chunk,
-            None,
-        );
+        let mut chan = MsgChannel::new(queue, reply_to, HELLO, server_pid, cfg, None);
         let mut hello = [0u8; MTYPE_LEN + HELLO_LEN];
-        sysv::set_mtype(&mut hello, HELLO);
         let text = &mut hello[MTYPE_LEN..];
         text[..4].copy_from_slice(&pid.to_le_bytes());
         text[4..8].copy_from_slice(&number.to_le_bytes());
         text[8..].copy_from_slice(&nonce.to_le_bytes());
-        link.send(&hello)?;
+        chan.send(&mut hello)?;
         let deadline = Instant::now() + cfg.timeout;
+        let mut buf = vec![0u8; MTYPE_LEN + chunk];
         let session = loop {
-            let n = link.recv(deadline, "waiting for the server's WELCOME")?;
-            let text = &link.rbuf[MTYPE_LEN..MTYPE_LEN + n];
+            let n = chan.take(&mut buf, deadline, "waiting for the server's WELCOME")?;
+            let text = &buf[MTYPE_LEN..MTYPE_LEN + n];
             if n == WELCOME_LEN && text[..8] == nonce.to_le_bytes() {
                 break u64::from_le_bytes(text[8..].try_into().expect("8 bytes"));
             }
@@ -296,9 +288,9 @@ impl Transport for Msgq {
             ));
         }
         let (request, reply) = session_types(session);
-        link.set_types(reply, request);
-        link.stream_over = false;
-        Ok(Box::new(link))
+        (chan.rx_type, chan.tx_type) = (reply, request);
+        chan.begun = true;
+        Ok(Box::new(MessageLink::new(chan, chunk)))
     }
 }
 
@@ -445,20 +437,19 @@ impl Listener for MsgqServer {
         sysv::set_mtype(&mut welcome, reply_to);
         welcome[MTYPE_LEN..MTYPE_LEN + 8].copy_from_slice(&nonce.to_le_bytes());
         welcome[MTYPE_LEN + 8..].copy_from_slice(&self.sessions.to_le_bytes());
-        Ok(Some(Box::new(MsgLink::new(
+        let chan = MsgChannel::new(
             Arc::clone(&self.queue),
             request,
             reply,
             pid,
-            self.cfg.idle_timeout,
-            self.cfg.timeout,
-            self.chunk,
+            &self.cfg,
             Some(ServerSession {
                 welcome: Some(welcome),
                 welcome_type: reply_to,
                 ended: Arc::clone(&self.ended),
             }),
-        ))))
+        );
+        Ok(Some(Box::new(MessageLink::new(chan, self.chunk))))
     }
 
     /// Clear the types of ended sessions whose client is dead, or has had
@@ -493,26 +484,23 @@ fn parse_hello(text: &[u8]) -> Option<(i32, u32, u64)> {
     ok.then_some((pid, number, nonce))
 }
 
-/// One side of a conversation: receives on `rx_type`, sends on `tx_type`.
-struct MsgLink {
+/// One side of a conversation: receives on `rx_type`, sends on `tx_type`,
+/// one queue message per link message (the link, with its end-of-stream
+/// message, is [`MessageLink`]). A message longer than the buffer is not
+/// cut: `msgrcv` refuses it (`E2BIG`) and leaves it queued, and the link
+/// ends with that error.
+struct MsgChannel {
     queue: Arc<MsgQueue>,
     rx_type: libc::c_long,
     tx_type: libc::c_long,
     peer: i32,
     read_timeout: Duration,
     write_timeout: Duration,
-    chunk: usize,
-    /// Received message (mtype word + text) and how much of it is read.
-    rbuf: Vec<u8>,
-    rlen: usize,
-    roff: usize,
-    /// The message being sent (mtype word + text).
-    sbuf: Vec<u8>,
-    /// The peer ended the stream (or it has not begun): no end-of-stream
-    /// message is owed to it.
-    stream_over: bool,
+    /// The conversation has begun: the peer is owed an end-of-stream
+    /// message when it ends (unless the peer ended it).
+    begun: bool,
     /// A send failed: the peer stopped reading, what it left is unread.
-    broken: Cell<bool>,
+    broken: bool,
     /// Set on the server's side of a session.
     server: Option<ServerSession>,
 }
@@ -526,167 +514,134 @@ struct ServerSession {
     ended: Ended,
 }
 
-impl MsgLink {
-    #[allow(clippy::too_many_arguments)]
+impl MsgChannel {
+    /// A server's side waits for its client's next request up to the idle
+    /// timeout; every other wait is bounded by `--timeout`.
     fn new(
         queue: Arc<MsgQueue>,
         rx_type: libc::c_long,
         tx_type: libc::c_long,
         peer: i32,
-        read_timeout: Duration,
-        write_timeout: Duration,
-        chunk: usize,
+        cfg: &Config,
         server: Option<ServerSession>,
     ) -> Self {
-        let mut link = MsgLink {
+        let idle = if server.is_some() {
+            cfg.idle_timeout
+        } else {
+            cfg.timeout
+        };
+        MsgChannel {
             queue,
             rx_type,
             tx_type,
             peer,
-            read_timeout,
-            write_timeout,
-            chunk,
-            rbuf: vec![0; MTYPE_LEN + chunk],
-            rlen: 0,
-            roff: 0,
-            sbuf: vec![0; MTYPE_LEN + chunk],
-            stream_over: true,
-            broken: Cell::new(false),
+            read_timeout: idle,
+            write_timeout: cfg.timeout,
+            begun: false,
+            broken: false,
             server,
-        };
-        link.set_types(rx_type, tx_type);
-        link
+        }
     }
 
-    /// Receive on `rx`, send on `tx` from now on.
-    fn set_types(&mut self, rx: libc::c_long, tx: libc::c_long) {
-        self.rx_type = rx;
-        self.tx_type = tx;
-        sysv::set_mtype(&mut self.sbuf, tx);
-    }
-
-    fn peer_check(&self) -> impl FnMut() -> io::Result<()> + use<> {
-        let peer = self.peer;
-        let who = if self.server.is_some() {
+    fn who(&self) -> &'static str {
+        if self.server.is_some() {
             "client"
         } else {
             "server"
-        };
-        move || {
-            if pid_alive(peer) {
-                Ok(())
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("the {who} (pid {peer}) died"),
-                ))
-            }
         }
     }
 
     /// Send one whole message (mtype word + text) with a bounded wait.
-    fn send(&self, msg: &[u8]) -> io::Result<()> {
+    fn put(&mut self, msg: &[u8]) -> io::Result<()> {
         let q = &self.queue;
-        interrupt::bounded(
-            Instant::now() + self.write_timeout,
+        let sent = interrupt::bounded(
+            Deadline::After(self.write_timeout),
             "waiting for room in the message queue (msgmnb is full)",
-            self.peer_check(),
+            peer_alive(self.peer, self.who()),
             || q.send_raw(msg, false),
-        )
-        .inspect_err(|_| self.broken.set(true))
+        );
+        self.broken |= sent.is_err();
+        sent
     }
 
-    /// Send the first `n` text bytes of the send buffer as one message.
-    fn send_text(&self, n: usize) -> io::Result<usize> {
-        self.send(&self.sbuf[..MTYPE_LEN + n])?;
+    /// Receive the next message of `rx_type` into `buf` (mtype word +
+    /// text), waiting until `deadline` at most; returns its text length.
+    fn take(
+        &mut self,
+        buf: &mut [u8],
+        deadline: impl Into<Deadline>,
+        waiting: &str,
+    ) -> io::Result<usize> {
+        let (q, t, room) = (&self.queue, self.rx_type, buf.len() - MTYPE_LEN);
+        let mut refused = false;
+        let n = interrupt::bounded(
+            deadline,
+            waiting,
+            peer_alive(self.peer, self.who()),
+            || match q.recv_raw(buf, t, false) {
+                Err(sysv::SysvError(Errno::E2BIG)) => {
+                    refused = true;
+                    Ok(0)
+                }
+                r => r,
+            },
+        )?;
+        if refused {
+            return Err(message_link::cut(None, room));
+        }
         Ok(n)
-    }
-
-    /// Receive the next message of `rx_type` into `rbuf`, waiting until
-    /// `deadline` at most; returns its text length.
-    fn recv(&mut self, deadline: Instant, waiting: &str) -> io::Result<usize> {
-        let check = self.peer_check();
-        let (q, rbuf, t) = (&self.queue, &mut self.rbuf, self.rx_type);
-        interrupt::bounded(deadline, waiting, check, || q.recv_raw(rbuf, t, false))
     }
 
     /// On the server's side, send the WELCOME if it is still owed.
     fn greet(&mut self) -> io::Result<()> {
-        if let Some(s) = &mut self.server
-            && let Some(welcome) = s.welcome.take()
-        {
-            self.stream_over = false;
-            self.send(&welcome)?;
+        if let Some(welcome) = self.server.as_mut().and_then(|s| s.welcome.take()) {
+            self.begun = true;
+            self.put(&welcome)?;
         }
         Ok(())
     }
 }
 
-impl Read for MsgLink {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.roff == self.rlen {
-            self.greet()?;
-            let n = self.recv(Instant::now() + self.read_timeout, "waiting for a message")?;
-            if n == 0 {
-                self.stream_over = true;
-                return Ok(0); // end of stream
-            }
-            self.rlen = n;
-            self.roff = 0;
-        }
-        let n = buf.len().min(self.rlen - self.roff);
-        let at = MTYPE_LEN + self.roff;
-        buf[..n].copy_from_slice(&self.rbuf[at..at + n]);
-        self.roff += n;
-        Ok(n)
-    }
-}
+impl MessageChannel for MsgChannel {
+    const HEAD: usize = MTYPE_LEN;
 
-impl Write for MsgLink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
+    fn send(&mut self, msg: &mut [u8]) -> io::Result<()> {
         self.greet()?;
-        let n = buf.len().min(self.chunk);
-        self.sbuf[MTYPE_LEN..MTYPE_LEN + n].copy_from_slice(&buf[..n]);
-        self.send_text(n)
+        sysv::set_mtype(msg, self.tx_type);
+        self.put(msg)
     }
 
-    /// Gather as much as fits into one message: a small protocol message
-    /// (header + payload) is one `msgsnd`.
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.greet()?;
-        let text = &mut self.sbuf[MTYPE_LEN..];
-        let n = super::gather(bufs, self.chunk, |at, p| {
-            text[at..at + p.len()].copy_from_slice(p)
-        });
-        if n == 0 {
-            return Ok(0);
-        }
-        self.send_text(n)
+        let wait = Deadline::After(self.read_timeout);
+        self.take(buf, wait, "waiting for a message")
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for MsgLink {
-    fn drop(&mut self) {
-        // Nothing more will be read here.
-        self.queue.purge(self.rx_type);
-        // A peer that stopped reading will not read the rest either.
-        if self.broken.get() {
+    /// Tell a peer that is still in the conversation that it ended (an
+    /// empty message), without waiting: a full queue drops it, and the
+    /// peer's liveness check or timeout ends its wait. A peer that stopped
+    /// reading will not read the rest of what we sent either: cleared.
+    fn end(&mut self) {
+        if self.broken {
             self.queue.purge(self.tx_type);
+            self.broken = false;
         }
-        // Tell a peer that is still in the conversation that it ended (an
-        // empty message). A full queue drops it: the peer's liveness check
-        // or timeout ends its wait.
-        if !self.stream_over && pid_alive(self.peer) {
+        if self.begun && pid_alive(self.peer) {
             let mut eof = [0u8; MTYPE_LEN];
             sysv::set_mtype(&mut eof, self.tx_type);
             let _ = self.queue.send_raw(&eof, true);
+        }
+    }
+}
+
+impl Drop for MsgChannel {
+    fn drop(&mut self) {
+        // Nothing more will be read here.
+        self.queue.purge(self.rx_type);
+        // A peer that ended the stream and stopped reading (a failed
+        // handshake sent only on the shared HELLO type: not ours to clear).
+        if self.broken && self.begun {
+            self.queue.purge(self.tx_type);
         }
         // The server remembers the session's types for `sweep`: whatever
         // the client leaves on them is cleared once it is gone.
@@ -701,5 +656,42 @@ impl Drop for MsgLink {
                     at: Instant::now(),
                 });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// A message longer than the link's chunk (a peer whose msgmax is
+    /// larger: root raised it) is refused by msgrcv, not cut: the read is
+    /// an error, and the message is cleared when the link goes.
+    #[test]
+    fn a_message_longer_than_the_chunk_is_an_error_not_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, b"").unwrap();
+        let queue = Arc::new(MsgQueue::create(sysv::ftok(&f, b'L').unwrap()).unwrap());
+        let me = std::process::id() as i32;
+        let cfg = Config::default();
+        let mut chan = MsgChannel::new(Arc::clone(&queue), 6, 7, me, &cfg, None);
+        chan.begun = true;
+        let mut link = MessageLink::new(chan, 16);
+        let mut long = vec![0u8; MTYPE_LEN + 17];
+        sysv::set_mtype(&mut long, 6);
+        queue.send_raw(&long, false).unwrap();
+        let mut buf = [0u8; 64];
+        let e = link.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        drop(link);
+        let mut any = vec![0u8; MTYPE_LEN + 64];
+        assert_eq!(
+            queue.recv_raw(&mut any, 6, true),
+            Err(sysv::SysvError(Errno::ENOMSG))
+        );
+        // The end-of-stream message the dropped link owed its peer.
+        assert_eq!(queue.recv_raw(&mut any, 7, true), Ok(0));
     }
 }

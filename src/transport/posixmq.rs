@@ -76,7 +76,7 @@
 //! plain `mq_send` and `mq_receive`, and a watchdog thread interrupts a
 //! call that has waited a quarter second (`EINTR`), which then checks its
 //! overall deadline and whether the peer's pid still exists (see
-//! [`crate::interrupt`], shared with `msgq` and the pipes). Measured with
+//! [`crate::sys::interrupt`], shared with `msgq` and the pipes). Measured with
 //! `ipclab bench posix-mq pipe --sizes 64`, five runs of each build in
 //! turns: 7.35 µs p50 with `mq_timedreceive` in 250 ms slices, 6.64 µs
 //! with `mq_receive` (the pipe: 5.5 µs in both). Only the server's accept
@@ -90,7 +90,7 @@
 //! `clock_gettime(2)`, `kill(2)` with signal 0; see `mq_overview(7)`.
 
 use std::ffi::CString;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -101,9 +101,10 @@ use nix::mqueue::{MQ_OFlag, MqAttr, MqdT, mq_open, mq_unlink};
 use nix::sys::stat::Mode;
 use nix::unistd::getuid;
 
+use super::kit::message_link::{MessageChannel, MessageLink, peer_alive};
 use super::{About, Capabilities, Config, Link, Listener, Transport};
 use crate::objects::{self, Leftover};
-use crate::runtime::{self, CreatedPath, pid_alive};
+use crate::runtime::{self, CreatedPath};
 use crate::sys::interrupt::{self, Deadline};
 
 /// The POSIX message queue transport.
@@ -188,7 +189,7 @@ impl Mq {
         msg: &[u8],
         limit: Duration,
         what: &str,
-        alive: &dyn Fn() -> io::Result<()>,
+        alive: impl Fn() -> io::Result<()>,
     ) -> io::Result<()> {
         let fd = self.fd();
         interrupt::bounded(Deadline::After(limit), what, alive, || {
@@ -205,7 +206,7 @@ impl Mq {
         buf: &mut [u8],
         limit: Duration,
         what: &str,
-        alive: &dyn Fn() -> io::Result<()>,
+        alive: impl Fn() -> io::Result<()>,
     ) -> io::Result<usize> {
         let fd = self.fd();
         interrupt::bounded(Deadline::After(limit), what, alive, || {
@@ -266,20 +267,6 @@ impl Drop for Mq {
         if let Some(q) = self.0.take() {
             // SAFETY: we own the descriptor; closing it is mq_close(3) on Linux.
             drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(q.into_raw_fd()) });
-        }
-    }
-}
-
-/// The `CLOCK_REALTIME` time at which the current slice of a wait ends.
-fn peer_alive(pid: i32, who: &'static str) -> impl Fn() -> io::Result<()> {
-    move || {
-        if pid_alive(pid) {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                format!("the {who} (pid {pid}) died"),
-            ))
         }
     }
 }
@@ -382,14 +369,14 @@ impl Transport for PosixMq {
             &hello,
             cfg.timeout,
             "waiting for room in the meeting queue",
-            &alive,
+            alive,
         )?;
         let mut buf = vec![0u8; CONN_MSGSIZE as usize];
         let got = rx.recv(
             &mut buf,
             cfg.timeout,
             "waiting for the server to accept",
-            &alive,
+            alive,
         )?;
         if &buf[..got] != WELCOME {
             return Err(io::Error::new(
@@ -399,18 +386,17 @@ impl Transport for PosixMq {
         }
         // Both ends are open: the names can go (see "Unlink after open").
         drop((unlink_req, unlink_rep));
-        Ok(Box::new(MqLink {
-            tx,
-            rx,
-            peer: server,
-            who: "server",
-            read_timeout: cfg.timeout,
-            write_timeout: cfg.timeout,
-            rbuf: buf,
-            rlen: 0,
-            roff: 0,
-            sbuf: vec![0; CONN_MSGSIZE as usize],
-        }))
+        Ok(Box::new(
+            MqChannel {
+                tx,
+                rx,
+                peer: server,
+                who: "server",
+                read_timeout: cfg.timeout,
+                write_timeout: cfg.timeout,
+            }
+            .link(),
+        ))
     }
 
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
@@ -555,19 +541,15 @@ impl Listener for MqServer {
             }
         }
         nix::mqueue::mq_remove_nonblock(q)?;
-        let link = MqLink {
+        let chan = MqChannel {
             tx,
             rx,
             peer,
             who: "client",
             read_timeout: self.cfg.idle_timeout,
             write_timeout: self.cfg.timeout,
-            rbuf: vec![0; CONN_MSGSIZE as usize],
-            rlen: 0,
-            roff: 0,
-            sbuf: vec![0; CONN_MSGSIZE as usize],
         };
-        Ok(Some(Box::new(link)))
+        Ok(Some(Box::new(chan.link())))
     }
 }
 
@@ -593,84 +575,58 @@ fn client_made(q: &Mq) -> Result<(), String> {
     Ok(())
 }
 
-/// One side of a connection: receives on `rx`, sends on `tx`.
-struct MqLink {
+/// One side of a connection: receives on `rx`, sends on `tx`, one queue
+/// message per link message (the link, with its end-of-stream message, is
+/// [`MessageLink`]). `mq_receive(3)` cannot cut a message: it refuses a
+/// buffer smaller than the queue's `msgsize`, and both queues' `msgsize`
+/// is [`CONN_MSGSIZE`] (the client made them; the server checked them).
+struct MqChannel {
     tx: Mq,
     rx: Mq,
     peer: i32,
     who: &'static str,
     read_timeout: Duration,
     write_timeout: Duration,
-    /// The last message received and how much of it is read.
-    rbuf: Vec<u8>,
-    rlen: usize,
-    roff: usize,
-    /// Gathers the parts of one `write_vectored` into one message.
-    sbuf: Vec<u8>,
 }
 
-impl Read for MqLink {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.roff == self.rlen {
-            let alive = peer_alive(self.peer, self.who);
-            let n = self.rx.recv(
-                &mut self.rbuf,
-                self.read_timeout,
-                "waiting for a message",
-                &alive,
-            )?;
-            if n == 0 {
-                return Ok(0); // end of stream
-            }
-            self.rlen = n;
-            self.roff = 0;
-        }
-        let n = buf.len().min(self.rlen - self.roff);
-        buf[..n].copy_from_slice(&self.rbuf[self.roff..self.roff + n]);
-        self.roff += n;
-        Ok(n)
-    }
-}
-
-impl Write for MqLink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
+impl MqChannel {
+    fn link(self) -> MessageLink<MqChannel> {
+        MessageLink::new(self, CONN_MSGSIZE as usize)
     }
 
-    /// Gather as much as fits into one message: a small protocol message
-    /// (header + payload) is one `mq_timedsend`.
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let sbuf = &mut self.sbuf;
-        let n = super::gather(bufs, sbuf.len(), |at, p| {
-            sbuf[at..at + p.len()].copy_from_slice(p)
-        });
-        if n == 0 {
-            return Ok(0);
-        }
-        let alive = peer_alive(self.peer, self.who);
+    fn put(&self, msg: &[u8]) -> io::Result<()> {
         self.tx.send(
-            &self.sbuf[..n],
+            msg,
             self.write_timeout,
             "waiting for room in the queue (its maxmsg messages are all full)",
-            &alive,
-        )?;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+            peer_alive(self.peer, self.who),
+        )
     }
 }
 
-impl Drop for MqLink {
-    /// Tell the peer the stream ended: a zero-length message, if there is
-    /// room (a peer that does not read any more learns it from our pid).
-    fn drop(&mut self) {
-        let _ = self.tx.send(
-            &[],
-            Duration::from_millis(100),
-            "ending the stream",
-            &|| Ok(()),
-        );
+impl MessageChannel for MqChannel {
+    fn send(&mut self, msg: &mut [u8]) -> io::Result<()> {
+        self.put(msg)
+    }
+
+    /// One part (ipclab gathers small messages) goes as it lies.
+    fn send_parts(&mut self, parts: &[IoSlice<'_>]) -> Option<io::Result<()>> {
+        match parts {
+            [one] => Some(self.put(one)),
+            _ => None,
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let alive = peer_alive(self.peer, self.who);
+        self.rx
+            .recv(buf, self.read_timeout, "waiting for a message", alive)
+    }
+
+    /// The empty message, if there is room within a moment (a peer that
+    /// does not read any more learns it from our pid).
+    fn end(&mut self) {
+        let wait = Duration::from_millis(100);
+        let _ = self.tx.send(&[], wait, "ending the stream", || Ok(()));
     }
 }

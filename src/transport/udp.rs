@@ -62,7 +62,7 @@
 //!   UDP.
 //! * A waiter that hears nothing for a quarter second retransmits what is
 //!   unacknowledged (and an ACK it owes), then checks its deadline and its
-//!   peer. The retransmission timeout is the period of [`crate::interrupt`]'s
+//!   peer. The retransmission timeout is the period of [`crate::sys::interrupt`]'s
 //!   wake-up: long for a network, generous for loopback, where it only
 //!   fires after a real drop. A waiter that keeps receiving datagrams that
 //!   do not move it on (a peer that sends but never acknowledges, or
@@ -111,9 +111,10 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{self, MsgFlags, sockopt};
 
+use super::kit::message_link::peer_alive;
 use super::tcp::resolve;
 use super::{About, Capabilities, Config, Link, Listener, Transport};
-use crate::runtime::{self, pid_alive};
+use crate::runtime;
 use crate::sys::interrupt;
 
 /// Payload bytes per DATA datagram.
@@ -564,7 +565,7 @@ impl UdpLink {
     /// without one, retransmit, check the peer and the deadline.
     fn pump(&mut self, deadline: Instant, waiting: &str) -> io::Result<()> {
         let fd = self.sock.as_raw_fd();
-        let peer = self.peer_pid;
+        let alive = peer_alive(self.peer_pid.unwrap_or(0), "peer");
         let ack = self.header(ACK, 0, 0);
         let n = {
             let (dgram, unacked, sock) = (&mut self.dgram, &self.unacked, &self.sock);
@@ -581,13 +582,7 @@ impl UdpLink {
                         *ack_owed = false;
                         sock.send(&ack).map_err(peer_gone)?;
                     }
-                    match peer {
-                        Some(p) if !pid_alive(p) => Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            format!("the peer (pid {p}) died"),
-                        )),
-                        _ => Ok(()),
-                    }
+                    alive()
                 },
                 // MSG_TRUNC: the datagram's real length, even if longer
                 // than the buffer (then it is not ours).

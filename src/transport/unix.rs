@@ -46,7 +46,6 @@
 //! see [`WatchedReads`].
 
 use std::io;
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
@@ -124,11 +123,4 @@ impl Listener for UnixServer {
             self.cfg.idle_timeout,
         ))))
     }
-}
-
-/// Transitional: [`unix_socket::admit`] by its old path and with the whole
-/// `cfg`, for the `unix-seqpacket` listener, which still calls it so.
-/// Remove once that call names `unix_socket::admit` directly.
-pub(crate) fn admit(fd: &impl AsFd, cfg: &Config) -> io::Result<bool> {
-    unix_socket::admit(fd, cfg.same_user)
 }

@@ -87,8 +87,10 @@
 //!   `SO_SNDTIMEO`, until the receiver reads.
 //! * A datagram must fit the sender's buffer (`SO_SNDBUF`, 208 KiB by
 //!   default): larger ones fail with `EMSGSIZE`. A datagram read into a
-//!   smaller buffer is cut (`MSG_TRUNC`); ipclab reads into 64 KiB, the
-//!   largest it sends.
+//!   smaller buffer is cut: its rest is lost. ipclab reads into 64 KiB, the
+//!   largest it sends, with `recv(2)`'s `MSG_TRUNC` flag, which returns the
+//!   real length: a session that receives a longer datagram ends with an
+//!   error rather than hand on a stream with a hole in it.
 //! * A sender that was never bound has no address: nobody can answer it.
 //! * The bound socket file outlives a server killed with SIGKILL; the next
 //!   server finds that nobody receives on it (`ECONNREFUSED`) and replaces
@@ -98,7 +100,7 @@
 //! `socket(2)` (`SOCK_DGRAM`), `bind(2)` (a path, and autobind),
 //! `setsockopt(2)` (`SO_PASSCRED`, `SO_SNDTIMEO`), `poll(2)`, `sendto(2)`,
 //! `recvmsg(2)` (`SCM_CREDENTIALS`, see `unix(7)` and `cmsg(3)`),
-//! `connect(2)`, `read(2)`, `write(2)`, `writev(2)`, `kill(2)`,
+//! `connect(2)`, `recv(2)` (`MSG_TRUNC`), `write(2)`, `writev(2)`, `kill(2)`,
 //! `unlink(2)`.
 
 use std::collections::VecDeque;
@@ -115,7 +117,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use super::unix_seqpacket::{PACKET, PacketLink};
+use super::unix_seqpacket::{PACKET, Packets};
 use super::{About, Capabilities, Config, Link, Listener, Transport};
 use crate::objects::{Leftover, socket_file_leftovers};
 use crate::runtime::{self, CreatedPath};
@@ -202,7 +204,7 @@ impl Transport for UnixDgram {
         // Credentials are no longer needed; without them no datagram asks
         // the kernel for any.
         socket::setsockopt(&fd, sockopt::PassCred, &false)?;
-        Ok(Box::new(PacketLink::new(
+        Ok(Box::new(Packets::link(
             fd,
             cfg.timeout,
             cfg.timeout,
@@ -418,12 +420,8 @@ impl DgramServer {
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNREFUSED) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
-        Ok(Some(Box::new(PacketLink::new(
-            h.sock,
-            self.cfg.idle_timeout,
-            self.cfg.timeout,
-            Some(h.pid),
-        )?)))
+        let link = Packets::link(h.sock, self.cfg.idle_timeout, self.cfg.timeout, Some(h.pid))?;
+        Ok(Some(Box::new(link)))
     }
 
     /// A datagram on the bound socket: a greeting gets a half-open session

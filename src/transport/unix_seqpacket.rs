@@ -12,17 +12,21 @@
 //! * `SOCK_SEQPACKET` (this transport): a connection, like a stream, but
 //!   each `write` is one *packet* that arrives whole, in order, with its
 //!   boundary: one `write` is one `read`. A `read` with a buffer smaller
-//!   than the packet gets the beginning and **loses the rest** (the
-//!   `MSG_TRUNC` case), so the receiver always reads into a buffer as large
-//!   as the largest packet the sender may send.
+//!   than the packet gets the beginning and **loses the rest**, so the
+//!   receiver reads into a buffer as large as the largest packet the sender
+//!   may send, and with `recv(2)`'s `MSG_TRUNC` flag, which makes it return
+//!   the packet's real length: a longer one (not ipclab's) ends the session
+//!   with an error instead of leaving a hole in the stream.
 //!
 //! # How data and synchronisation flow
 //! Exactly as for the stream socket — `socket`, `bind(<dir>/<name>.seqpacket)`,
 //! `listen`, `accept` per client, a thread per session — except that each
 //! protocol message goes out as one packet (one `write`; above 4 KiB a
-//! `writev` of header and payload) and comes in with one `read`. A message larger than a packet
-//! (the 1 MiB echo) goes as a sequence of 64 KiB packets, which the framing
-//! joins as it would join stream pieces.
+//! `writev` of header and payload) and comes in with one `recv`. A message
+//! larger than a packet (the 1 MiB echo) goes as a sequence of 64 KiB
+//! packets, which the framing joins as it would join stream pieces. The
+//! byte link over the packets is the one the message queues use too
+//! ([`MessageLink`]).
 //!
 //! # Limits
 //! * A packet must fit the socket's send buffer (`SO_SNDBUF`, from
@@ -34,10 +38,10 @@
 //!
 //! # System calls
 //! `socket(2)` (`SOCK_SEQPACKET`), `bind(2)`, `listen(2)`, `poll(2)`,
-//! `accept4(2)`, `connect(2)`, `read(2)`, `write(2)`, `writev(2)`,
+//! `accept4(2)`, `connect(2)`, `recv(2)` (`MSG_TRUNC`), `write(2)`, `writev(2)`,
 //! `setsockopt(2)` (`SO_SNDTIMEO`), `unlink(2)`; see `unix(7)`.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
@@ -46,6 +50,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, SockFlag, SockType, sockopt};
 use nix::sys::time::TimeVal;
 
+use super::kit::message_link::{MessageChannel, MessageLink, peer_alive};
 use super::{About, Capabilities, Config, Link, Listener, Transport};
 use crate::objects::{Leftover, socket_file_leftovers};
 use crate::runtime::{self, CreatedPath};
@@ -93,12 +98,7 @@ impl Transport for UnixSeqpacket {
             self.name(),
             cfg.timeout,
         )?;
-        Ok(Box::new(PacketLink::new(
-            fd,
-            cfg.timeout,
-            cfg.timeout,
-            None,
-        )?))
+        Ok(Box::new(Packets::link(fd, cfg.timeout, cfg.timeout, None)?))
     }
 
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
@@ -123,138 +123,82 @@ impl Listener for SeqServer {
             return Ok(None);
         }
         let fd = socket::accept4(&self.listener, SockFlag::SOCK_CLOEXEC)?;
-        if !super::unix::admit(&fd, &self.cfg)? {
+        if !crate::sys::unix_socket::admit(&fd, self.cfg.same_user)? {
             return Ok(None);
         }
-        Ok(Some(Box::new(PacketLink::new(
-            fd,
-            self.cfg.idle_timeout,
-            self.cfg.timeout,
-            None,
-        )?)))
+        let link = Packets::link(fd, self.cfg.idle_timeout, self.cfg.timeout, None)?;
+        Ok(Some(Box::new(link)))
     }
 }
 
-/// A connected packet socket as a byte link: each write is one packet of
-/// at most [`PACKET`] bytes; each read takes one whole packet into `rbuf`
-/// and hands it out. An empty packet is the end of the stream.
+/// A connected packet socket as a message channel: one packet is one
+/// message of at most [`PACKET`] bytes, and the socket's close is the end
+/// of the stream.
 ///
 /// Shared with `unix-dgram`, whose connected datagram sockets behave the
 /// same way but for one thing: the kernel tells nobody when the peer's
-/// socket closes. For them `peer` is the peer's pid, checked while a read
-/// waits, and dropping the link sends the empty datagram itself.
-pub(crate) struct PacketLink {
+/// socket closes. For them `peer` is the peer's pid, watched while a read
+/// waits, and the link's end is an empty datagram.
+pub(crate) struct Packets {
     fd: OwnedFd,
     read_timeout: Duration,
-    rbuf: Vec<u8>,
-    rlen: usize,
-    roff: usize,
-    /// Gathers the parts of a message larger than one `writev` may carry.
-    sbuf: Vec<u8>,
-    /// Datagram sockets only: the peer process (0 when unknown), and that
-    /// we owe it an end-of-stream marker.
+    /// Datagram sockets only: the peer process (0 when unknown).
     peer: Option<i32>,
 }
 
-impl PacketLink {
-    pub(crate) fn new(
+/// A packet or connected datagram socket as a byte link.
+pub(crate) type PacketLink = MessageLink<Packets>;
+
+impl Packets {
+    /// The link over `fd`: reads wait at most `read_timeout`, writes
+    /// `write_timeout` (`SO_SNDTIMEO`).
+    pub(crate) fn link(
         fd: OwnedFd,
         read_timeout: Duration,
         write_timeout: Duration,
         peer: Option<i32>,
-    ) -> io::Result<Self> {
+    ) -> io::Result<PacketLink> {
         let tv = TimeVal::new(
             write_timeout.as_secs() as _,
             write_timeout.subsec_micros() as _,
         );
         socket::setsockopt(&fd, sockopt::SendTimeout, &tv)?;
-        Ok(PacketLink {
+        let chan = Packets {
             fd,
             read_timeout,
-            rbuf: vec![0; PACKET],
-            rlen: 0,
-            roff: 0,
-            sbuf: Vec::new(),
             peer,
-        })
-    }
-}
-
-impl std::os::fd::AsFd for PacketLink {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-impl Drop for PacketLink {
-    fn drop(&mut self) {
-        if self.peer.is_some() {
-            // The end-of-stream marker; a peer that is gone or not reading
-            // changes nothing now.
-            let _ = socket::send(self.fd.as_raw_fd(), &[], MsgFlags::MSG_DONTWAIT);
-        }
-    }
-}
-
-impl Read for PacketLink {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.roff == self.rlen {
-            // The whole next packet (never larger than PACKET); 0 is the
-            // peer's orderly close.
-            let (fd, rbuf, peer) = (self.fd.as_raw_fd(), &mut self.rbuf, self.peer);
-            let n = crate::interrupt::bounded(
-                crate::interrupt::Deadline::After(self.read_timeout),
-                "waiting for the peer to send",
-                || match peer {
-                    // 0: the peer is in a pid namespace we cannot see.
-                    Some(pid) if pid > 0 && !crate::interrupt::pid_alive(pid) => {
-                        Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            format!("the peer (pid {pid}) died"),
-                        ))
-                    }
-                    _ => Ok(()),
-                },
-                // SAFETY: a valid fd and buffer.
-                || Errno::result(unsafe { libc::read(fd, rbuf.as_mut_ptr().cast(), rbuf.len()) }),
-            )? as usize;
-            if n == 0 {
-                return Ok(0);
-            }
-            self.rlen = n;
-            self.roff = 0;
-        }
-        let n = buf.len().min(self.rlen - self.roff);
-        buf[..n].copy_from_slice(&self.rbuf[self.roff..self.roff + n]);
-        self.roff += n;
-        Ok(n)
-    }
-}
-
-impl Write for PacketLink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
-    }
-
-    /// One packet: the parts as they are when they fit in one, else the
-    /// first [`PACKET`] bytes gathered.
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total == 0 {
-            return Ok(0);
-        }
-        let sent = if bufs.len() == 1 && total <= PACKET {
-            // One part (ipclab gathers small messages): plain write(2).
-            nix::unistd::write(&self.fd, &bufs[0])
-        } else if total <= PACKET {
-            nix::sys::uio::writev(&self.fd, bufs)
-        } else {
-            let sbuf = &mut self.sbuf;
-            sbuf.clear();
-            super::gather(bufs, PACKET, |_, p| sbuf.extend_from_slice(p));
-            nix::unistd::write(&self.fd, sbuf)
         };
-        sent.map_err(|e| match e {
+        Ok(MessageLink::new(chan, PACKET))
+    }
+}
+
+impl MessageChannel for Packets {
+    /// The whole next packet; 0 is the peer's orderly close (or its empty
+    /// datagram). `MSG_TRUNC`: its real length, even when it was longer
+    /// than `buf` and cut.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = self.fd.as_raw_fd();
+        crate::sys::interrupt::bounded(
+            crate::sys::interrupt::Deadline::After(self.read_timeout),
+            "waiting for the peer to send",
+            peer_alive(self.peer.unwrap_or(0), "peer"),
+            || socket::recv(fd, buf, MsgFlags::MSG_TRUNC),
+        )
+    }
+
+    fn send(&mut self, msg: &mut [u8]) -> io::Result<()> {
+        self.send_parts(&[IoSlice::new(msg)])
+            .expect("sockets send parts")
+    }
+
+    /// One part (ipclab gathers small messages): plain `write(2)`; more:
+    /// `writev(2)`.
+    fn send_parts(&mut self, parts: &[IoSlice<'_>]) -> Option<io::Result<()>> {
+        let sent = match parts {
+            [one] => nix::unistd::write(&self.fd, one),
+            _ => nix::sys::uio::writev(&self.fd, parts),
+        };
+        Some(sent.map(drop).map_err(|e| match e {
             Errno::EAGAIN => io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the peer's receive queue stayed full (is it reading?)",
@@ -265,10 +209,14 @@ impl Write for PacketLink {
                 "the peer is gone (its socket is closed)",
             ),
             e => e.into(),
-        })
+        }))
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    /// A datagram socket's end-of-stream marker; a peer that is gone or not
+    /// reading changes nothing now.
+    fn end(&mut self) {
+        if self.peer.is_some() {
+            let _ = socket::send(self.fd.as_raw_fd(), &[], MsgFlags::MSG_DONTWAIT);
+        }
     }
 }

@@ -16,6 +16,7 @@ mod shm;
 mod signal;
 mod udp;
 mod unix_dgram;
+mod unix_seqpacket;
 
 use crate::common::Env;
 use ipclab::process::ServerProcess;
@@ -42,6 +43,7 @@ pub fn for_transport(transport: &str) -> Vec<Attack> {
         "fifo" => fifo::attacks(),
         "posix-mq" => posix_mq::attacks(),
         "unix-dgram" => unix_dgram::attacks(),
+        "unix-seqpacket" => unix_seqpacket::attacks(),
         "shm" | "mmap" => vec![
             a(
                 "chunk lengths over the area",

@@ -1,5 +1,5 @@
 //! Attacks on `msgq`, speaking the System V queue directly (`msgsnd`,
-//! `msgrcv`, `msgctl` through `ipclab::sysv`): a client frozen mid-echo and
+//! `msgrcv`, `msgctl` through `ipclab::sys::sysv`): a client frozen mid-echo and
 //! then killed, messages left on an ended session's types, forged and
 //! duplicated HELLOs.
 
@@ -10,7 +10,7 @@ use super::Attack;
 use crate::common::{Env, exe, payload};
 use ipclab::process::{ServerProcess, client_args};
 use ipclab::protocol::{self, kind};
-use ipclab::sysv::{self, MTYPE_LEN, MsgQueue};
+use ipclab::sys::sysv::{self, MTYPE_LEN, MsgQueue};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

@@ -39,6 +39,11 @@ pub fn attacks() -> Vec<Attack> {
             run: lying_sizes,
             grow_kib: 4 * 1024,
         },
+        Attack {
+            name: "unix-dgram: a datagram longer than the server's in a session",
+            run: a_datagram_longer_than_the_servers,
+            grow_kib: 8 * 1024,
+        },
     ]
 }
 
@@ -294,4 +299,19 @@ fn lying_sizes(env: &Env, server: &ServerProcess) {
         "unix-dgram: a 'ready' of 100 KiB opened a session"
     );
     reaped_within_timeout(env, server, fds0, threads0, "a ready of 100 KiB");
+}
+
+/// In a live session, one echo request of 100 KiB in one datagram (the
+/// server reads 64 KiB at most), then 36 KiB more: the server must end the
+/// session or answer the exact echo, never echo the hole filled with the
+/// next datagram's bytes (see [`super::unix_seqpacket`]).
+fn a_datagram_longer_than_the_servers(env: &Env, _: &ServerProcess) {
+    let (client, _) = session_by_hand(env);
+    socket::setsockopt(&client, socket::sockopt::SndBuf, &(1 << 20)).unwrap();
+    let raw = client.as_raw_fd();
+    super::unix_seqpacket::over_long_message_is_not_cut_silently(
+        "unix-dgram",
+        |m| socket::send(raw, m, MsgFlags::MSG_DONTWAIT),
+        || recv_within(&client, Duration::from_millis(200)).map(|(m, _)| m),
+    );
 }
