@@ -170,6 +170,20 @@ impl Transport for UnixDgram {
         let path = cfg.object_path(SUFFIX);
         let server = UnixAddr::new(&path)
             .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+        // The server is whoever owns the socket file: only a welcome sent
+        // with that uid (SCM_CREDENTIALS, which the kernel fills in and
+        // only root could forge) is taken — another user who learns our
+        // abstract address (it is listed in /proc/net/unix) cannot pose as
+        // the server.
+        let owner = std::fs::symlink_metadata(&path)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .map_err(|e| {
+                reach_error(
+                    Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    &path,
+                    self.name(),
+                )
+            })?;
         let fd = new_socket()?;
         // The welcome's credentials tell us the server's pid.
         socket::setsockopt(&fd, sockopt::PassCred, &true)?;
@@ -190,7 +204,7 @@ impl Transport for UnixDgram {
                 Err(e) => return Err(reach_error(e, &path, self.name())),
             }
         }
-        let (pid, session) = welcome(&fd, &path, cfg.timeout)?;
+        let (pid, session) = welcome(&fd, &path, owner, cfg.timeout)?;
         let closed = |e: Errno| {
             io::Error::new(
                 io::ErrorKind::ConnectionAborted,
@@ -276,7 +290,14 @@ fn receive(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
 
 /// The client's wait for the server's welcome: the server's pid and its
 /// session socket's address. An `ERR` line instead is the server's refusal.
-fn welcome(fd: &OwnedFd, path: &Path, timeout: Duration) -> io::Result<(i32, UnixAddr)> {
+/// Datagrams sent by any uid other than `owner` (the socket file's) are
+/// ignored: they are not from the server.
+fn welcome(
+    fd: &OwnedFd,
+    path: &Path,
+    owner: u32,
+    timeout: Duration,
+) -> io::Result<(i32, UnixAddr)> {
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 512];
     loop {
@@ -293,6 +314,9 @@ fn welcome(fd: &OwnedFd, path: &Path, timeout: Duration) -> io::Result<(i32, Uni
         let Some(r) = receive(fd, &mut buf)? else {
             continue;
         };
+        if !matches!(r.cred, Some((_, uid)) if uid == owner) {
+            continue;
+        }
         let data = &buf[..r.len];
         if data.starts_with(b"ERR ") {
             return Err(io::Error::new(
@@ -494,6 +518,33 @@ mod tests {
         let listener = UnixDgram.listen(&cfg).unwrap();
         let addr = UnixAddr::new(&cfg.object_path(SUFFIX)).unwrap();
         (dir, listener, addr)
+    }
+
+    /// A welcome from a uid other than the socket file's owner is not the
+    /// server's: it is ignored (the red team's man in the middle, another
+    /// user sending a welcome to a root client's abstract address).
+    #[test]
+    fn a_welcome_from_another_uid_is_ignored() {
+        let client = new_socket().unwrap();
+        socket::setsockopt(&client, sockopt::PassCred, &true).unwrap();
+        let me = socket::getsockname::<UnixAddr>(client.as_raw_fd()).unwrap();
+        let poser = new_socket().unwrap();
+        socket::sendto(poser.as_raw_fd(), WELCOME, &me, MsgFlags::empty()).unwrap();
+        let ours = nix::unistd::getuid().as_raw();
+        let path = Path::new("/nonexistent/t.dgram");
+        // Owned by another uid: our own welcome is a poser's, and ignored.
+        let e = welcome(
+            &client,
+            path,
+            ours.wrapping_add(1),
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        // From the owner: taken.
+        socket::sendto(poser.as_raw_fd(), WELCOME, &me, MsgFlags::empty()).unwrap();
+        let (pid, _) = welcome(&client, path, ours, Duration::from_secs(2)).unwrap();
+        assert_eq!(pid, std::process::id() as i32);
     }
 
     /// A program that sends a request instead of the greeting gets no
