@@ -23,8 +23,10 @@
 //! by the kernel directly, with no demultiplexing thread in between — type 1
 //! carries only the HELLO of a new client.
 //!
-//! The session number `s` is the server's: it counts up from 1 and is never
-//! reused while the server lives. That matters because a queue outlives its
+//! The session number `s` is the server's: it grows by a random step from
+//! one session to the next, so it is never reused while the server lives
+//! and cannot be guessed from a number a client was given; both of a new
+//! session's types are emptied before its client learns them. That matters because a queue outlives its
 //! conversations: a message nobody read stays in it. Were the types made
 //! from the client's pid, a later client that happens to get the same pid
 //! (pids wrap) would read an old session's leftover as its own reply. The
@@ -430,8 +432,16 @@ impl Listener for MsgqServer {
         if self.sessions >= MAX_SESSION {
             return Ok(None); // a billion billion sessions: no number is left
         }
-        self.sessions += 1;
+        // The next number, a random step (up to 2^20) after the last: never
+        // reused while the server lives, and not guessable from the number a
+        // client was given, so a departed client cannot plant "replies" on
+        // the types of the sessions to come.
+        let step = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), self.sessions);
+        self.sessions += 1 + (step & 0xf_ffff);
         let (request, reply) = session_types(self.sessions);
+        // And whatever is already on them is not this session's.
+        self.queue.purge(request);
+        self.queue.purge(reply);
         let reply_to = welcome_type(pid, number);
         let mut welcome = vec![0u8; MTYPE_LEN + WELCOME_LEN];
         sysv::set_mtype(&mut welcome, reply_to);

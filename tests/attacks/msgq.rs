@@ -31,6 +31,11 @@ pub fn attacks() -> Vec<Attack> {
             run: forged_hellos,
             grow_kib: 8 * 1024,
         },
+        Attack {
+            name: "replies planted for the sessions to come",
+            run: planted_replies,
+            grow_kib: 8 * 1024,
+        },
     ]
 }
 
@@ -299,4 +304,39 @@ fn forged_hellos(env: &Env, server: &ServerProcess) {
     }
     stand.die();
     raw.drains(Duration::from_secs(4), "after forged HELLOs");
+}
+
+/// A client that learned its own session number `s` plants forged DATA
+/// replies on the reply types of the next sessions (s+1 … s+64), as the red
+/// team did; the clients that come next must get their own echoes, never a
+/// planted one.
+fn planted_replies(env: &Env, server: &ServerProcess) {
+    let raw = Raw::open(env);
+    let stand = Stand::new();
+    let s = greet(&raw, stand.pid(), 1, 0x5eed);
+    let mut forged = protocol::header(kind::DATA, 6).to_vec();
+    forged.extend_from_slice(b"pwned!");
+    let planted: Vec<libc::c_long> = (1..=64).map(|k| 2 * (s + k) as libc::c_long + 1).collect();
+    for &t in &planted {
+        raw.send(t, &forged);
+    }
+    for i in 0..5u8 {
+        let link = server
+            .connect(env.transport, &server.client_config(&env.cfg))
+            .unwrap();
+        let mut c = ipclab::client::Client::from_link(
+            link,
+            env.cfg.max_frame,
+            ipclab::protocol::Form::Binary,
+        );
+        let data = [i; 6];
+        let echo = c.echo(&data).expect("msgq: a client after the plants");
+        assert_eq!(echo, &data[..], "msgq: a client was given a planted reply");
+    }
+    for t in planted {
+        while raw.recv(t, Duration::ZERO).is_some() {}
+    }
+    // End the attacker's own session.
+    raw.send(2 * s as libc::c_long, b"");
+    stand.die();
 }
