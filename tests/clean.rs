@@ -252,6 +252,38 @@ fn an_empty_directory_is_fine() {
     });
 }
 
+/// A name planted in the directory cannot clear the screen or forge a line
+/// of `clean`'s report: control characters are printed escaped.
+#[test]
+fn hostile_names_are_printed_escaped() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::Builder::new()
+            .prefix("ipclab-t")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("evil\x1b[2J\nSTALE forged.sock"), b"").unwrap();
+        let out = Command::new(exe())
+            .args(["clean", "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.stdout.contains(&0x1b),
+            "a raw ESC reached the terminal: {text}"
+        );
+        assert!(
+            text.contains("evil\\x1b[2J\\nSTALE forged.sock"),
+            "the planted name is not listed escaped: {text}"
+        );
+    });
+}
+
 /// A client killed after creating its private objects and before the
 /// server opened them leaves their names (a FIFO pair, a queue pair). A
 /// running server removes its own instance's within seconds, without

@@ -11,6 +11,7 @@ use clap::Args;
 use ipclab::clean;
 use ipclab::objects::{Leftover, Verdict};
 use ipclab::runtime;
+use ipclab::units::printable;
 
 #[derive(Args)]
 pub struct CleanArgs {
@@ -69,11 +70,21 @@ pub fn run(a: CleanArgs) -> Result<ExitCode> {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
         if found.is_empty() {
-            writeln!(out, "nothing left behind in {}", dir.display())?;
+            writeln!(
+                out,
+                "nothing left behind in {}",
+                printable(&dir.display().to_string())
+            )?;
         }
         for (l, r) in found.iter().zip(&results) {
-            writeln!(out, "{:<7} {:<14} {}", l.verdict, l.transport, l.object)?;
-            writeln!(out, "                       {}; {r}", l.why)?;
+            writeln!(
+                out,
+                "{:<7} {:<14} {}",
+                l.verdict,
+                l.transport,
+                printable(&l.object)
+            )?;
+            writeln!(out, "                       {}; {r}", printable(&l.why))?;
         }
         if stale > 0 && !remove {
             writeln!(
@@ -97,7 +108,10 @@ fn ask(found: &[Leftover], stale: usize, out: &mut impl Write) -> Result<bool> {
         writeln!(
             out,
             "{:<7} {:<14} {}  ({})",
-            l.verdict, l.transport, l.object, l.why
+            l.verdict,
+            l.transport,
+            printable(&l.object),
+            printable(&l.why)
         )?;
     }
     eprint!("Remove the {stale} stale object(s)? [y/N] ");

@@ -190,8 +190,15 @@ pub(crate) fn sweep_leftovers(leftovers: Vec<Leftover>, marker: &str) {
             .is_some_and(|n| n.to_string_lossy().starts_with(marker));
         if ours && l.removable() {
             match l.remove() {
-                Ok(()) => eprintln!("ipclab: removed {}: {}", l.object, l.why),
-                Err(e) => eprintln!("ipclab: could not remove {}: {e}", l.object),
+                Ok(()) => eprintln!(
+                    "ipclab: removed {}: {}",
+                    crate::units::printable(&l.object),
+                    crate::units::printable(&l.why)
+                ),
+                Err(e) => eprintln!(
+                    "ipclab: could not remove {}: {e}",
+                    crate::units::printable(&l.object)
+                ),
             }
         }
     }
