@@ -325,3 +325,48 @@ fn limits_are_read_live() {
         );
     });
 }
+
+/// `--same-user` on a transport whose server cannot learn a client's uid
+/// is refused with a reason, not accepted and ignored; where the server can,
+/// it starts.
+#[test]
+fn same_user_is_refused_where_it_cannot_be_enforced() {
+    watchdog(LIMIT, || {
+        for t in transport::all() {
+            if t.capabilities().peer_credentials || t.capabilities().inherited {
+                continue;
+            }
+            let env = Env::new(t.name());
+            let mut child = Command::new(exe())
+                .arg("serve")
+                .arg(t.name())
+                .args(ipclab::process::serve_args(&env.cfg))
+                .arg("--same-user")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break Some(s);
+                }
+                if started.elapsed() > Duration::from_secs(3) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                matches!(status, Some(s) if !s.success())
+                    && err.contains("--same-user cannot be enforced"),
+                "{}: serve --same-user was not refused ({status:?}): {err}",
+                t.name()
+            );
+        }
+    });
+}

@@ -33,8 +33,9 @@ pub struct ServeArgs {
     /// Pin the server (all its threads) to this CPU
     #[arg(long, value_name = "CPU")]
     pin_cpu: Option<usize>,
-    /// UNIX socket transports: refuse clients of another user (checked with
-    /// SO_PEERCRED; root can open any user's socket file)
+    /// UNIX socket transports (unix, unix-seqpacket, unix-dgram, eventfd):
+    /// refuse clients of another user (checked with SO_PEERCRED; root can open
+    /// any user's socket file); refused as an option elsewhere
     #[arg(long)]
     same_user: bool,
     /// Write "ready <addr> <endpoint>" to this inherited fd once listening
@@ -47,6 +48,19 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     let mut cfg = a.common.config();
     cfg.idle_timeout = a.idle_timeout;
     cfg.max_clients = a.max_clients;
+    if a.same_user && !t.capabilities().peer_credentials {
+        let knowing: Vec<&str> = transport::all()
+            .iter()
+            .filter(|t| t.capabilities().peer_credentials)
+            .map(|t| t.name())
+            .collect();
+        anyhow::bail!(
+            "--same-user cannot be enforced on {}: its server does not learn a client's uid from the kernel \
+             (it does on {}); run without --same-user, or use one of those",
+            t.name(),
+            knowing.join(", ")
+        );
+    }
     cfg.same_user = a.same_user;
     if let Some(cpu) = a.pin_cpu {
         // Before any thread exists: the session threads inherit it.

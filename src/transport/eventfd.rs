@@ -148,7 +148,9 @@ impl Transport for Eventfd {
             description: "a memfd for the data, eventfd counters for the wake-ups, passed over a UNIX socket",
             kernel_objects: "socket file <dir>/<name>.eventfd; per client a sealed memfd region and 4 eventfds (anon_inode:[eventfd])",
             inspect_note: "Each process holds four anon_inode:[eventfd] descriptors (their fdinfo shows eventfd-count, the counter right now) and maps the same memfd region, which /proc/<pid>/maps lists as /memfd:ipclab-eventfd (deleted): a file with no name anywhere. The server never opened any of them: the client created them and sent them over the UNIX socket, and the kernel installed copies in the server (SCM_RIGHTS). The socket pair stays connected only so that each side notices when the other dies.",
-            capabilities: Capabilities::messages().max_message(CAPACITY),
+            capabilities: Capabilities::messages()
+                .max_message(CAPACITY)
+                .peer_credentials(),
         };
         &ABOUT
     }

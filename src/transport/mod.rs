@@ -229,6 +229,9 @@ pub struct Capabilities {
     /// the client and inherited by the server when the client starts it
     /// (anonymous pipes). Such a server has exactly one client, its parent.
     pub inherited: bool,
+    /// The server learns each client's uid from the kernel (`SO_PEERCRED`,
+    /// `SCM_CREDENTIALS`), so `serve --same-user` can refuse other users.
+    pub peer_credentials: bool,
 }
 
 impl Capabilities {
@@ -242,6 +245,7 @@ impl Capabilities {
             max_message: None,
             crosses_machines: false,
             inherited: false,
+            peer_credentials: false,
         }
     }
     /// As [`Capabilities::stream`], but keeping message boundaries.
@@ -269,6 +273,13 @@ impl Capabilities {
     pub const fn crosses_machines(self) -> Capabilities {
         Capabilities {
             crosses_machines: true,
+            ..self
+        }
+    }
+    /// The server knows each client's uid (`serve --same-user` works).
+    pub const fn peer_credentials(self) -> Capabilities {
+        Capabilities {
+            peer_credentials: true,
             ..self
         }
     }

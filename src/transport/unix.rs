@@ -67,7 +67,7 @@ impl Transport for Unix {
             description: "UNIX domain stream socket, a thread per client",
             kernel_objects: "socket file <dir>/<name>.sock; a listening socket and one connected pair per client",
             inspect_note: "The server holds the listening socket bound to <name>.sock (a file of type s in ls -l, though no data ever touches the disk) and one accepted socket per client. The client's socket is the accepted socket's peer: the kernel reports it through sock_diag(7), as `ss -xp` does. Data goes from the sender's buffer straight into the receiver's socket queue: one copy in, one copy out.",
-            capabilities: Capabilities::stream(),
+            capabilities: Capabilities::stream().peer_credentials(),
         };
         &ABOUT
     }

@@ -143,7 +143,9 @@ impl Transport for UnixDgram {
             kernel_objects: "socket file <dir>/<name>.dgram (greetings only); autobound abstract sockets (@…) per session",
             inspect_note: "The server holds the datagram socket bound to <name>.dgram, which only receives greetings, and one more socket per client, bound to an abstract name the kernel picked (autobind, shown as @…; no file). Each session socket is connected to its client's socket and the client's to it, so the kernel reports them as peers, like a stream pair; but connect(2) on a datagram socket only fixes the destination and filters senders: no connection exists, and nothing tells one side when the other closes.",
             // ipclab's packets; the kernel's own limit is the send buffer.
-            capabilities: Capabilities::messages().max_message(PACKET),
+            capabilities: Capabilities::messages()
+                .max_message(PACKET)
+                .peer_credentials(),
         };
         &ABOUT
     }

@@ -71,7 +71,9 @@ impl Transport for UnixSeqpacket {
             kernel_objects: "socket file <dir>/<name>.seqpacket; a listening socket and one connected pair per client",
             inspect_note: "The same picture as the unix transport (a listening socket bound to a file, one accepted socket per client, each the peer of a client socket), but the type column says seqpacket: every write(2) on these sockets is one packet that the peer's read(2) receives whole, so the kernel keeps the message boundaries that a stream socket forgets.",
             // ipclab's packets; the kernel's own limit is the send buffer.
-            capabilities: Capabilities::messages().max_message(PACKET),
+            capabilities: Capabilities::messages()
+                .max_message(PACKET)
+                .peer_credentials(),
         };
         &ABOUT
     }
