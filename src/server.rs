@@ -38,6 +38,16 @@ pub enum SessionEnd {
     Refused(String),
 }
 
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEnd::Quit => f.write_str("it sent quit"),
+            SessionEnd::PeerClosed => f.write_str("it closed its end"),
+            SessionEnd::Refused(why) => write!(f, "refused: {why}"),
+        }
+    }
+}
+
 /// Serve one client: answer requests until `quit`, end of stream, or an
 /// error. Returns how it ended and how many requests were answered.
 ///
@@ -188,7 +198,7 @@ pub fn run(
                 if log {
                     match end {
                         Ok(end) => {
-                            eprintln!("ipclab: client {id} left after {served} request(s): {end:?}")
+                            eprintln!("ipclab: client {id} left after {served} request(s): {end}")
                         }
                         Err(e) => {
                             eprintln!("ipclab: client {id} dropped after {served} request(s): {e}")

@@ -369,7 +369,7 @@ impl UdpServer {
 
 impl Listener for UdpServer {
     fn endpoint(&self) -> String {
-        format!("udp {}", self.local)
+        self.local.to_string()
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {
