@@ -16,7 +16,6 @@ pub mod limits;
 pub mod process;
 pub mod protocol;
 pub mod runtime;
-pub mod sem;
 pub mod server;
 pub mod sysv;
 pub mod transport;

@@ -54,6 +54,7 @@ use crate::runtime;
 pub mod eventfd;
 pub mod fifo;
 pub mod flock;
+pub mod kit;
 pub mod msgq;
 pub mod pipe;
 pub mod posixmq;
