@@ -408,8 +408,10 @@ fn join_with_file(env: &Env, server: &ServerProcess) -> (Raw, File) {
         // An unused word of the kit's header (below the transport's, at 256).
         u32_at(&raw, MARK_AT).store(0x7275_6e63, Ordering::SeqCst);
         let mut word = [0u8; 4];
-        file.read_exact_at(&mut word, MARK_AT as u64).unwrap();
-        if u32::from_le_bytes(word) == 0x7275_6e63 {
+        // Not the region joined (one being replaced): try again.
+        if file.read_exact_at(&mut word, MARK_AT as u64).is_ok()
+            && u32::from_le_bytes(word) == 0x7275_6e63
+        {
             return (raw, file);
         }
     }
@@ -445,7 +447,9 @@ fn wake_the_server(env: &Env, raw: &Raw) {
 /// In a session: to nothing while the server waits for a request (its next
 /// look at its semaphore or sleep word is past the end), and to the header
 /// page alone before a request is announced (the server copies from a
-/// data area past the end). Between sessions: the attacker claims the slot
+/// data area past the end). Between sessions: truncated by someone who
+/// never claims the slot (the server must offer a fresh region before the
+/// next client comes); and by an attacker that claims the slot
 /// in the meeting region, writes its pid into the offered region as a
 /// joining client does, truncates the region to nothing and rings the
 /// meeting's `connect` word (the server reads the region to check the
@@ -462,8 +466,39 @@ pub fn truncated_session_region(env: &Env, server: &ServerProcess) {
     wake_the_server(env, &raw);
     std::thread::sleep(Duration::from_millis(800));
     drop(raw);
-    // The region on offer, before anyone joined it.
+    // The region on offer, truncated by someone who never claims the slot:
+    // the server replaces it on its own, and the next client is served at
+    // its first attempt (not only after one has failed on it and left).
     let (meeting, session) = region_paths(env, server);
+    let until = Instant::now() + Duration::from_secs(10);
+    let offered = loop {
+        // Wait for the region of the next session (the last one's client
+        // has just left).
+        if let Ok(f) = File::options().read(true).write(true).open(&session)
+            && f.metadata().unwrap().len() > 4096
+        {
+            break f;
+        }
+        assert!(Instant::now() < until, "no region on offer");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    offered.set_len(0).unwrap();
+    drop(offered);
+    std::thread::sleep(Duration::from_millis(800));
+    let cfg = server.client_config(&env.cfg);
+    let mut first = Client::from_link(
+        server
+            .connect(env.transport, &cfg)
+            .unwrap_or_else(|e| panic!("after the region on offer was truncated: {e}")),
+        cfg.max_frame,
+        Form::Binary,
+    );
+    first
+        .ping()
+        .unwrap_or_else(|e| panic!("after the region on offer was truncated: {e}"));
+    drop(first);
+    // The region on offer, truncated by a "client" that claimed the slot
+    // and rings the server.
     let meeting = open_rw(&meeting);
     let m = unsafe { memmap2::MmapMut::map_mut(&meeting) }.unwrap();
     let (connect, slot) = unsafe {
