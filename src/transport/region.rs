@@ -274,6 +274,9 @@ pub(crate) struct Meeting {
 impl Meeting {
     /// Create the meeting region and the first session region (so a full
     /// `/dev/shm` is an error now); a dead server's are replaced.
+    ///
+    /// Process-wide side effect: installs the kit's `SIGBUS` handler
+    /// ([`super::kit::sigbus`]) if no mapping has yet.
     pub(crate) fn listen(spec: &'static Spec, cfg: &Config) -> io::Result<Meeting> {
         runtime::prepare_dir(&cfg.dir)?;
         let names = Names::new(spec, cfg);

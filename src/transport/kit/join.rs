@@ -18,6 +18,10 @@ use crate::transport::Config;
 use crate::transport::region::{LEAVING, MEETING, SESSION, Seat, Session, Spec};
 
 /// The client's side: claim the slot, join the session on offer.
+///
+/// Process-wide side effect: the regions are mapped through
+/// [`super::mapped::Mapped`], so the first call installs the kit's
+/// `SIGBUS` handler for the whole process ([`super::sigbus`]).
 pub(crate) fn join(spec: &'static Spec, cfg: &Config) -> io::Result<(Arc<Session>, Seat)> {
     let names = Names::new(spec, cfg);
     let obj = names.meeting();
