@@ -351,6 +351,10 @@ impl Meeting {
         let (region, name, _) = st.ready.take()?;
         drop(name);
         st.in_session = true;
+        // The next client's region, before this session's first reply:
+        // a server stopped (or killed) once it has answered leaves none
+        // half-made.
+        st.prepare_or_say();
         self.claim = None;
         let session = Arc::new(Session {
             region,

@@ -116,7 +116,12 @@ impl Object {
 
     /// Create, sized `size`, pages reserved; a dead server's region there is
     /// replaced, a live server's is an error, anything not ours is left alone.
-    fn create(&self, spec: &Spec, size: usize) -> io::Result<(Mapped, CreatedPath)> {
+    ///
+    /// The region says whose it is (magic, `kind`, our pid) from the moment
+    /// it has its size: a server killed while preparing it leaves a region
+    /// that `ipclab clean` and the next server recognise as a dead server's,
+    /// not an unknown file they must leave alone.
+    fn create(&self, spec: &Spec, size: usize, kind: u32) -> io::Result<(Mapped, CreatedPath)> {
         let name = self.shown();
         let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC;
         let mode = Mode::S_IRUSR | Mode::S_IWUSR;
@@ -148,14 +153,31 @@ impl Object {
                 ));
             }
         };
+        // First the size and who we are (two system calls after the name
+        // appears), then the rest.
+        let identified = ftruncate(&fd, size as libc::off_t)
+            .and_then(|()| {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&spec.magic.to_ne_bytes());
+                id[8..12].copy_from_slice(&kind.to_ne_bytes());
+                id[12..].copy_from_slice(&(std::process::id() as i32).to_ne_bytes());
+                nix::sys::uio::pwrite(&fd, &id, 0).map(drop)
+            })
+            .map_err(|e| {
+                // Not offered after all: remove it, if the name is still it.
+                let ours = |m: std::fs::Metadata| (m.dev(), m.ino());
+                let fd_meta = nix::sys::stat::fstat(&fd).map(|m| (m.st_dev, m.st_ino));
+                if std::fs::symlink_metadata(&self.path).map(ours).ok() == fd_meta.ok() {
+                    let _ = self.unlink();
+                }
+                io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("cannot size {name} to {size} bytes: {e}"),
+                )
+            });
+        identified?;
         let file = CreatedPath::adopt(self.path.clone())?;
         fchmod(&fd, mode)?;
-        ftruncate(&fd, size as libc::off_t).map_err(|e| {
-            io::Error::new(
-                io::Error::from(e).kind(),
-                format!("cannot size {name} to {size} bytes: {e}"),
-            )
-        })?;
         // Reserve the pages now: on a full tmpfs a sparse file maps fine and
         // the first store into a missing page kills the process with SIGBUS.
         nix::fcntl::posix_fallocate(&fd, 0, size as libc::off_t).map_err(|e| {
@@ -215,18 +237,15 @@ pub(crate) fn ready_region(
     kind: u32,
     size: usize,
 ) -> io::Result<(Region, CreatedPath)> {
-    let (map, file) = names.object_for(kind).create(names.spec, size)?;
+    // Magic, kind and server pid are written by `create`.
+    let (map, file) = names.object_for(kind).create(names.spec, size, kind)?;
     let region = Region { map };
-    let c = region.common();
-    c.kind.store(kind, Ordering::SeqCst);
-    c.server_pid
-        .store(std::process::id() as i32, Ordering::SeqCst);
-    c.session
-        .store(if kind == SESSION { id } else { 0 }, Ordering::SeqCst);
     if kind == SESSION {
         (names.spec.init)(&region)?;
+        // Last: a client takes the region only if it bears the number the
+        // meeting region names.
+        region.common().session.store(id, Ordering::Release);
     }
-    c.magic.store(names.spec.magic, Ordering::Release);
     Ok((region, file))
 }
 
