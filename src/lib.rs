@@ -19,7 +19,6 @@ pub mod objects;
 pub mod process;
 pub mod protocol;
 pub mod runtime;
-pub mod sem;
 pub mod server;
 pub mod sys;
 pub mod transport;

@@ -129,7 +129,7 @@ pub fn read_all() -> Vec<Limit> {
             "sem (SEMMSL SEMMNS SEMOPM SEMMNI)",
             proc_value("/proc/sys/kernel/sem"),
             "/proc/sys/kernel/sem",
-            "(SysV semaphores; ipclab's shm uses POSIX semaphores in shared memory)",
+            "(SysV semaphores; ipclab's shm uses its own futex semaphores in shared memory)",
             "semget or semop fail with ENOSPC / E2BIG",
         ),
         l(

@@ -12,8 +12,9 @@
 //!   once, checked for what they claim to be;
 //! * [`cpu`] — pinning a thread to a CPU.
 //!
-//! (`crate::sem`, process-shared POSIX semaphores, is the same kind of
-//! layer and lives beside it for now.)
+//! (`crate::transport::kit::futex` — `futex(2)` and a process-shared
+//! semaphore on it — is the same kind of layer; it lives in the transport
+//! kit beside the shared regions that use it.)
 
 pub mod cpu;
 pub mod fd_link;

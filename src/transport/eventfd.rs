@@ -72,8 +72,8 @@
 //! by the timeouts and ends when the peer hangs up.
 //!
 //! # eventfd against semaphores
-//! A process-shared POSIX semaphore (`shm`) is a word in shared memory: a
-//! `sem_post` or `sem_wait` that finds no waiter is one atomic instruction,
+//! A process-shared semaphore (`shm`'s, on a futex) is a word in shared memory: a
+//! post or wait that finds no waiter is one atomic instruction,
 //! and only a real wait or wake enters the kernel (`futex(2)`). An eventfd
 //! always does: every signal is a `write` and every wait a `read`, even
 //! when nobody sleeps — which is why `empty` above is guarded by flags in

@@ -102,14 +102,15 @@
 //! # A peer that truncates the file
 //! Whoever can write the file can also `ftruncate(2)` it, and touching a
 //! mapped page past the end of a file raises `SIGBUS`, which kills. A
-//! `SIGBUS` handler (`sigaction(2)`, see the `truncation` module below)
-//! maps zero pages over the mapping the fault hit and marks it; the
+//! `SIGBUS` handler (`sigaction(2)`, the kit's guard, see
+//! [`super::kit::sigbus`]: one handler for the whole process) maps zero
+//! pages over the mapping the fault hit and marks it; the
 //! session checks the mark before it uses what it read, and ends with an
 //! error. The file is then used up, like any other.
 //!
 //! # Timeouts
 //! `F_OFD_SETLKW` has no timeout, but fails with `EINTR` when a signal
-//! handler runs; [`crate::interrupt`] wakes it every quarter second to check
+//! handler runs; [`crate::sys::interrupt`] wakes it every quarter second to check
 //! the deadline and the peer's presence lock.
 //!
 //! # Costs and limits
@@ -133,10 +134,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
 
+use super::kit::mapped::Mapped;
 use super::{About, Capabilities, Config, Link, Listener, Transport};
 use crate::objects::{self, Leftover};
 use crate::runtime::{self, CreatedPath};
@@ -224,160 +225,44 @@ fn lock_wait(
     )
 }
 
-/// The shared file, mapped.
+/// The shared file, mapped (through the kit's SIGBUS guard).
 struct Shared {
     file: File,
-    map: MmapRaw,
-    /// Its entry in the [`truncation`] guard.
-    guard: usize,
+    map: Mapped,
 }
 
 impl Shared {
     /// Map `file`, which must be [`FILE_LEN`] bytes long.
     fn map(file: File) -> io::Result<Shared> {
-        let map = MmapOptions::new().len(FILE_LEN).map_raw(&file)?;
-        let guard = truncation::watch(map.as_mut_ptr() as usize, FILE_LEN)?;
-        Ok(Shared { file, map, guard })
+        let map = Mapped::new(&file, FILE_LEN)?;
+        Ok(Shared { file, map })
     }
     /// A peer shrank the file under us (or its pages could not be had):
     /// our mapping now reads zeros, and nothing read from it may be used.
     fn check_intact(&self) -> io::Result<()> {
-        if truncation::hit(self.guard) {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the shared file was truncated under us (by the peer?): what it held is lost; \
-                 ending the session",
-            ))
-        } else {
-            Ok(())
-        }
+        self.map.intact("the shared file")
     }
     fn u32_at(&self, off: usize) -> u32 {
         // SAFETY: within the mapping (off is one of the header constants);
         // access is ordered by the locks (each fcntl is a system call, a
         // full barrier). A peer writing out of turn can only make the value
         // wrong, which every reader checks.
-        unsafe { std::ptr::read_volatile(self.map.as_mut_ptr().add(off) as *const u32) }
+        unsafe { std::ptr::read_volatile(self.map.ptr().add(off) as *const u32) }
     }
     fn set_u32(&self, off: usize, v: u32) {
         // SAFETY: as above; only the turn's owner writes.
-        unsafe { std::ptr::write_volatile(self.map.as_mut_ptr().add(off) as *mut u32, v) }
+        unsafe { std::ptr::write_volatile(self.map.ptr().add(off) as *mut u32, v) }
     }
     fn magic(&self) -> u64 {
         // SAFETY: as in u32_at.
-        unsafe { std::ptr::read_volatile(self.map.as_mut_ptr().add(H_MAGIC) as *const u64) }
+        unsafe { std::ptr::read_volatile(self.map.ptr().add(H_MAGIC) as *const u64) }
     }
     fn state(&self) -> u32 {
         self.u32_at(H_STATE)
     }
     fn area(&self, dir: usize) -> *mut u8 {
         // SAFETY: within the mapping.
-        unsafe { self.map.as_mut_ptr().add(DATA_OFFSET + dir * CAPACITY) }
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // Before `map` is unmapped (fields drop after this).
-        truncation::forget(self.guard);
-    }
-}
-
-/// A peer can `ftruncate(2)` the shared file: touching a mapped page past
-/// the new end of the file raises `SIGBUS`, which would kill us. So a
-/// `SIGBUS` handler looks the faulting address up among our mappings; if
-/// it is in one, it maps anonymous zero pages over the whole mapping
-/// (`mmap(2)` with `MAP_FIXED`), marks it hit and returns — the access is
-/// retried and reads zeros — and the session checks the mark before it
-/// uses anything it read. Any other `SIGBUS` goes to the handler that was
-/// there before (Rust's own), or kills the process as usual.
-mod truncation {
-    use std::io;
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-
-    const SLOTS: usize = 256;
-    /// Start and length of each watched mapping (length 0: a free slot;
-    /// usize::MAX: being filled in).
-    static START: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
-    static LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
-    static HIT: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
-    static PREVIOUS: OnceLock<SigHandler> = OnceLock::new();
-
-    /// Watch `len` bytes mapped at `start`; returns the slot.
-    pub(super) fn watch(start: usize, len: usize) -> io::Result<usize> {
-        PREVIOUS.get_or_init(|| {
-            let action = SigAction::new(
-                SigHandler::SigAction(on_sigbus),
-                SaFlags::SA_SIGINFO | SaFlags::SA_ONSTACK,
-                SigSet::empty(),
-            );
-            // SAFETY: the handler only reads atomics, calls mmap(2) and the
-            // previous handler — async-signal-safe.
-            match unsafe { sigaction(Signal::SIGBUS, &action) } {
-                Ok(old) => old.handler(),
-                Err(_) => SigHandler::SigDfl,
-            }
-        });
-        for i in 0..SLOTS {
-            if LEN[i]
-                .compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                START[i].store(start, Ordering::Release);
-                HIT[i].store(false, Ordering::Release);
-                LEN[i].store(len, Ordering::Release);
-                return Ok(i);
-            }
-        }
-        Err(io::Error::other(format!(
-            "more than {SLOTS} flock mappings in one process"
-        )))
-    }
-
-    pub(super) fn hit(slot: usize) -> bool {
-        HIT[slot].load(Ordering::Relaxed)
-    }
-
-    pub(super) fn forget(slot: usize) {
-        LEN[slot].store(0, Ordering::Release);
-    }
-
-    extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO.
-        let addr = unsafe { (*info).si_addr() } as usize;
-        for i in 0..SLOTS {
-            let len = LEN[i].load(Ordering::Acquire);
-            let start = START[i].load(Ordering::Acquire);
-            if len != 0 && len != usize::MAX && addr >= start && addr - start < len {
-                // Raw libc: nix's mmap wrappers allocate nothing either, but
-                // this is the one call a signal handler may make here.
-                // SAFETY: replaces our own mapping, same range, with zeros.
-                unsafe {
-                    libc::mmap(
-                        start as *mut libc::c_void,
-                        len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                        -1,
-                        0,
-                    )
-                };
-                HIT[i].store(true, Ordering::Release);
-                return;
-            }
-        }
-        match PREVIOUS.get() {
-            Some(SigHandler::SigAction(f)) => f(sig, info, ctx),
-            Some(SigHandler::Handler(f)) => f(sig),
-            _ => {
-                // Not ours: die of it as if we had not been here.
-                // SAFETY: resetting a disposition is async-signal-safe.
-                unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
-            }
-        }
+        unsafe { self.map.ptr().add(DATA_OFFSET + dir * CAPACITY) }
     }
 }
 
@@ -708,9 +593,7 @@ fn publish(path: &Path) -> io::Result<Published> {
         shared.set_u32(H_TURN[1], NO_TURN);
         shared.set_u32(H_STATE, FRESH);
         // SAFETY: within the mapping.
-        unsafe {
-            std::ptr::write_volatile(shared.map.as_mut_ptr().add(H_MAGIC) as *mut u64, MAGIC)
-        };
+        unsafe { std::ptr::write_volatile(shared.map.ptr().add(H_MAGIC) as *mut u64, MAGIC) };
         fs::rename(&tmp, path)?;
         Ok(shared)
     })();

@@ -1,4 +1,5 @@
-//! `shm` — POSIX shared memory, synchronised with process-shared semaphores.
+//! `shm` — POSIX shared memory, synchronised with process-shared semaphores
+//! (futex words).
 //!
 //! # What it is
 //! Shared memory is the one IPC mechanism in which the kernel does not copy
@@ -11,11 +12,18 @@
 //! ipclab uses POSIX shared memory (a named object in `/dev/shm`, mapped with
 //! `memmap2`) rather than System V `shmget`: it has a name derived from the
 //! runtime directory, permissions like a file, and is sized with
-//! `ftruncate(2)`. The semaphores are POSIX *unnamed* semaphores placed in
-//! the region itself with `pshared = 1` (see [`crate::sem`]): no extra
-//! kernel objects to name or clean up, and their fast path (a free slot) is
-//! one atomic instruction with no system call. They block in the kernel (a
-//! futex): this is the honest, blocking variant — no spinning.
+//! `ftruncate(2)`. The semaphores live in the region itself: each is one
+//! 32-bit word, a count and a "sleepers" bit, on which a waiter sleeps with
+//! `futex(2)` ([`super::kit::futex::Sem`]). No extra kernel objects to name
+//! or clean up, and their fast path (a free slot) is one atomic instruction
+//! with no system call. They block in the kernel: this is the honest,
+//! blocking variant — no spinning.
+//!
+//! Why not POSIX semaphores (`sem_init(3)` with `pshared = 1`), which are
+//! the same idea? glibc keeps flags inside the `sem_t`, in memory the peer
+//! can write, and aborts the whole process when a garbled flag makes
+//! `futex` fail. Our word has no state that is not legal: whatever the peer
+//! writes there is at worst a spurious turn, which the checks below catch.
 //!
 //! # Regions and layout
 //! The server offers each client a **fresh session region** and meets
@@ -28,8 +36,8 @@
 //!               │ the kit's header: magic, server_pid,           │
 //!               │   client_pid, closed (the session is over)     │
 //!  offset 256   │ Channel (#[repr(C)])                           │
-//!               │   c2s: full sem, empty sem, len   (requests)   │
-//!               │   s2c: full sem, empty sem, len   (replies)    │
+//!               │   c2s: full, empty (futex words), len  (requests) │
+//!               │   s2c: full, empty (futex words), len  (replies)  │
 //!  offset 4096  ├────────────────────────────────────────────────┤
 //!               │ c2s data area  (64 KiB)                        │  written by the client
 //!               ├────────────────────────────────────────────────┤
@@ -66,7 +74,7 @@
 //! new one, so nothing of one session can reach the next.
 //!
 //! # Bounded waits and dead peers
-//! Every wait is `sem_clockwait` in slices of a quarter second; between
+//! Every wait is `FUTEX_WAIT` in slices of a quarter second; between
 //! slices the waiter checks that the peer's pid still exists (and, for a
 //! client, that the server has not closed the session or stopped). A killed
 //! peer is therefore an error within the timeout, never a hang. Regions
@@ -91,14 +99,17 @@
 //! # Limits
 //! * `/dev/shm` is a tmpfs whose size (`df -h /dev/shm`, half the RAM by
 //!   default) bounds all shared memory objects together.
-//! * `SEM_VALUE_MAX` (2³¹−1) bounds a semaphore's count; ours never exceed 1.
+//! * A semaphore's count has 31 bits; ours never exceed 1.
+//! * A peer can `ftruncate(2)` a region: the kit's `SIGBUS` guard
+//!   ([`super::kit::sigbus`]) turns that into an error of the session.
 //! * See the objects: `ls -l /dev/shm` (`ipclab-<uid>-<hash>-<name>`, and
 //!   `…-<name>.session`, the session on offer).
 //!
 //! # System calls
 //! `shm_open(3)` (`open(2)` on `/dev/shm`), `ftruncate(2)`, `fchmod(2)`,
-//! `mmap(2)`, `munmap(2)`, `shm_unlink(3)`; `sem_init(3)`, `sem_post(3)`,
-//! `sem_clockwait(3)` (`futex(2)`), `kill(2)` with signal 0.
+//! `mmap(2)`, `munmap(2)`, `shm_unlink(3)`; `futex(2)` (`FUTEX_WAIT`,
+//! `FUTEX_WAKE`, only when a side sleeps), `kill(2)` with signal 0,
+//! `sigaction(2)` (the `SIGBUS` guard).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::offset_of;
@@ -107,18 +118,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::kit::futex::Sem;
 use super::region::{self, DATA_OFFSET, Meeting, OWN_HEADER, Seat, Session, Spec, Store};
 use super::{About, Capabilities, Config, Link, Listener, Transport};
 use crate::objects::Leftover;
-use crate::sem::{SemCell, SharedSem};
 
 /// Bytes in each direction's data area.
 pub const CAPACITY: usize = 64 * 1024;
 
 #[repr(C)]
 struct Direction {
-    full: SemCell,
-    empty: SemCell,
+    full: Sem,
+    empty: Sem,
     len: AtomicU32,
 }
 
@@ -131,18 +142,17 @@ const _: () = assert!(OWN_HEADER + size_of::<Channel>() <= DATA_OFFSET);
 
 /// A fresh session's semaphores: nothing to read, room to write.
 fn init(r: &region::Region) -> io::Result<()> {
+    // The region is new: nobody uses it before its magic is set.
     for d in &channel(r).0 {
-        // SAFETY: the region is new; nobody can use it before its magic is set.
-        unsafe {
-            SharedSem::init(&d.full, 0)?;
-            SharedSem::init(&d.empty, 1)?;
-        }
+        d.full.init(0);
+        d.empty.init(1);
     }
     Ok(())
 }
 
 fn channel(r: &region::Region) -> &Channel {
-    // SAFETY: Channel is #[repr(C)], semaphores and atomics, and fits.
+    // SAFETY: Channel is #[repr(C)], semaphores and atomics (valid for any
+    // bit pattern a peer writes), and fits.
     unsafe { r.own::<Channel>() }
 }
 
@@ -191,7 +201,7 @@ impl Transport for Shm {
             name: "shm",
             description: "POSIX shared memory, process-shared semaphores (blocking), one client",
             kernel_objects: "shared memory objects /dev/shm/ipclab-<uid>-<hash>-<name> (meeting) and …-<name>.session (a session); semaphores live inside",
-            inspect_note: "Both processes map the same /dev/shm objects (POSIX shared memory: files in a tmpfs), one to meet and one per session (its name removed once both have it mapped, hence (deleted)). Their mappings name the same paths with s (shared) in the permissions, and neither holds a socket or pipe for them: after shm_open(3) and mmap(2) the descriptor is no longer needed. The payload is copied into the mapping and out of it; the semaphores that say whose turn it is live inside the mapping (process-shared sem_t), so they appear nowhere else.",
+            inspect_note: "Both processes map the same /dev/shm objects (POSIX shared memory: files in a tmpfs), one to meet and one per session (its name removed once both have it mapped, hence (deleted)). Their mappings name the same paths with s (shared) in the permissions, and neither holds a socket or pipe for them: after shm_open(3) and mmap(2) the descriptor is no longer needed. The payload is copied into the mapping and out of it; the semaphores that say whose turn it is live inside the mapping (futex words), so they appear nowhere else.",
             capabilities: CAPABILITIES,
         };
         static MMAP_ABOUT: About = About {
@@ -305,16 +315,15 @@ impl ShmLink {
         let tx = 1 - self.rx();
         let d = self.dir(tx);
         let s = &self.session;
-        // SAFETY: initialised by the server before the region was offered.
-        let empty = unsafe { SharedSem::existing(&d.empty) };
-        empty.wait(
+        d.empty.wait(
             deadline,
             "waiting for the peer to take the last chunk",
             || s.check(),
         )?;
         let n = fill(self.area(tx));
+        s.region.map.intact("the session region")?;
         d.len.store(n as u32, Ordering::SeqCst);
-        unsafe { SharedSem::existing(&d.full) }.post()?;
+        d.full.post()?;
         Ok(n)
     }
 }
@@ -330,12 +339,13 @@ impl Read for ShmLink {
             Some(len) => len,
             None => {
                 let s = &self.session;
-                // SAFETY: initialised by the server before the region was offered.
-                let full = unsafe { SharedSem::existing(&d.full) };
                 let deadline = Instant::now() + self.read_timeout;
-                full.wait(deadline, "waiting for the peer to send", || s.check())?;
-                // Written by the peer: checked against the area.
+                d.full
+                    .wait(deadline, "waiting for the peer to send", || s.check())?;
+                // Written by the peer: checked against the area (and a
+                // region truncated under us reads 0, not end of stream).
                 let len = d.len.load(Ordering::SeqCst) as usize;
+                s.region.map.intact("the session region")?;
                 if len > CAPACITY {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -346,7 +356,7 @@ impl Read for ShmLink {
                 }
                 if len == 0 {
                     // End of stream. Leave the slot consumed.
-                    unsafe { SharedSem::existing(&d.empty) }.post()?;
+                    d.empty.post()?;
                     self.eof = true;
                     return Ok(0);
                 }
@@ -360,10 +370,11 @@ impl Read for ShmLink {
         // writer does not touch it until we post `empty`.
         let area = self.session.region.area(rx, CAPACITY);
         unsafe { std::ptr::copy_nonoverlapping(area.add(self.off), buf.as_mut_ptr(), n) };
+        self.session.region.map.intact("the session region")?;
         self.off += n;
         if self.off == len {
             self.chunk = None;
-            unsafe { SharedSem::existing(&d.empty) }.post()?;
+            d.empty.post()?;
         }
         Ok(n)
     }

@@ -36,6 +36,10 @@
 //! read and checked — it may only move forward, and never make the ring
 //! hold more than 64 KiB or less than nothing. A peer index that breaks
 //! that ends the session with an error: no copy ever leaves the data area.
+//! The peer can also `ftruncate(2)` the region under us: the kit's
+//! `SIGBUS` guard ([`super::kit::sigbus`]) turns the mapping into zero
+//! pages instead of killing us, and each side checks after every copy that
+//! this did not happen (the session then ends with an error).
 //!
 //! # Waiting: spin, then yield, then sleep
 //! A reader that finds the ring empty
@@ -45,7 +49,8 @@
 //! 2. then **yields** the CPU (`sched_yield(2)`) for up to [`YIELD`]: if
 //!    the peer runs on the *same* CPU, spinning would only delay it, and
 //!    yielding lets it run;
-//! 3. then **sleeps** in `futex(2)` on its `*_sleeps` word, after setting
+//! 3. then **sleeps** in `futex(2)` on its `*_sleeps` word (the kit's
+//!    [`super::kit::futex`], shared with `shm`), after setting
 //!    it to 1 and re-checking `head` (the writer, after publishing, looks
 //!    at that word and wakes it: both sides use sequentially consistent
 //!    operations, so one of them always sees the other — no lost wake-up).
@@ -77,7 +82,8 @@
 //! `shm_open(3)`, `ftruncate(2)`, `mmap(2)` (set-up only), then on the fast
 //! path none; `sched_yield(2)` and `futex(2)` (`FUTEX_WAIT`, `FUTEX_WAKE`,
 //! shared, not private: the word is in memory of two processes) when a
-//! wait goes on; `kill(2)` with signal 0 to check a peer.
+//! wait goes on; `kill(2)` with signal 0 to check a peer; `sigaction(2)`
+//! once (the `SIGBUS` guard).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::offset_of;
@@ -88,10 +94,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use super::region::{
-    self, DATA_OFFSET, Meeting, OWN_HEADER, SLICE, Seat, Session, Spec, Store, futex_wait,
-    futex_wake,
-};
+use super::kit::futex;
+use super::region::{self, DATA_OFFSET, Meeting, OWN_HEADER, SLICE, Seat, Session, Spec, Store};
 use super::{About, Capabilities, Config, Link, Listener, Transport};
 use crate::objects::Leftover;
 
@@ -138,7 +142,7 @@ fn ring(s: &Session, dir: usize) -> &Ring {
 fn wake_if_asleep(sleeps: &AtomicU32) {
     if sleeps.load(Ordering::SeqCst) != 0 {
         sleeps.store(0, Ordering::SeqCst);
-        futex_wake(sleeps);
+        futex::wake(sleeps);
     }
 }
 
@@ -188,7 +192,7 @@ fn wait_until(
                 format!("timed out {waiting} (--timeout sets the limit)"),
             ));
         }
-        futex_wait(sleeps, 1, (deadline - now).min(SLICE));
+        let _ = futex::wait(sleeps, 1, (deadline - now).min(SLICE));
         sleeps.store(0, Ordering::SeqCst);
         if ready() {
             return Ok(());
@@ -363,6 +367,7 @@ impl SpinLink {
         let n = super::gather(bufs, room.min(total), |at, p| {
             copy_in(data, head + at as u64, p)
         });
+        session.region.map.intact("the session region")?;
         self.head = head + n as u64;
         // A plain release store, then a full fence before looking at the
         // sleeper's word (the store-load order the no-lost-wake-up argument
@@ -419,8 +424,10 @@ impl Read for SpinLink {
             "waiting for the peer to send",
             || session.check(),
         )?;
-        // Written by the peer: at most CAPACITY ahead of our tail.
+        // Written by the peer: at most CAPACITY ahead of our tail (and
+        // not a zero read from a region truncated under us).
         let head = ring.head.load(Ordering::SeqCst);
+        session.region.map.intact("the session region")?;
         let avail = head.wrapping_sub(tail);
         if avail > CAPACITY as u64 {
             return Err(broken("head", head, tail));
@@ -439,6 +446,7 @@ impl Read for SpinLink {
             std::ptr::copy_nonoverlapping(data.add(off), buf.as_mut_ptr(), first);
             std::ptr::copy_nonoverlapping(data, buf.as_mut_ptr().add(first), n - first);
         }
+        session.region.map.intact("the session region")?;
         self.tail = tail + n as u64;
         ring.tail.store(self.tail, Ordering::SeqCst);
         wake_if_asleep(&ring.writer_sleeps);
@@ -465,7 +473,7 @@ impl Drop for SpinLink {
         // End the peer's stream; the seat then ends the session.
         let tx = ring(&self.session, 1 - self.rx);
         tx.eof.store(1, Ordering::SeqCst);
-        futex_wake(&tx.reader_sleeps);
+        futex::wake(&tx.reader_sleeps);
     }
 }
 

@@ -32,11 +32,6 @@ pub struct Attack {
 
 /// The attacks written for `transport`.
 pub fn for_transport(transport: &str) -> Vec<Attack> {
-    let a = |name, run, grow_kib| Attack {
-        name,
-        run,
-        grow_kib,
-    };
     match transport {
         "eventfd" => eventfd::attacks(),
         "flock" => flock::attacks(),
@@ -44,29 +39,7 @@ pub fn for_transport(transport: &str) -> Vec<Attack> {
         "posix-mq" => posix_mq::attacks(),
         "unix-dgram" => unix_dgram::attacks(),
         "unix-seqpacket" => unix_seqpacket::attacks(),
-        "shm" | "mmap" => vec![
-            a(
-                "chunk lengths over the area",
-                shm::shm_lengths_over_the_area,
-                4096,
-            ),
-            a("garbage in every field", shm::garbage_everywhere, 4096),
-            a(
-                "a client outliving its idle session",
-                shm::stale_client_after_idle_timeout,
-                4096,
-            ),
-        ],
-        "shm-spin" => vec![
-            a("ring head past the capacity", shm::spin_forged_head, 4096),
-            a("ring tail past the head", shm::spin_forged_tail, 4096),
-            a("garbage in every field", shm::garbage_everywhere, 4096),
-            a(
-                "a client outliving its idle session",
-                shm::stale_client_after_idle_timeout,
-                4096,
-            ),
-        ],
+        "shm" | "mmap" | "shm-spin" => shm::attacks(transport),
         "msgq" => msgq::attacks(),
         "signal" => signal::attacks(),
         "udp" => udp::attacks(),

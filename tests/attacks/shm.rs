@@ -8,15 +8,50 @@
 //! every payload byte it echoes is one the attacker put in its area
 //! ([`PATTERN`]): never bytes of the server's own memory.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::Attack;
 use crate::common::{Env, exe, payload};
 use ipclab::client::Client;
 use ipclab::process::ServerProcess;
 use ipclab::protocol::{self, Form, kind};
+use ipclab::transport::kit::futex::Sem;
 use ipclab::transport::region::peer::Raw;
 use ipclab::transport::{shm, shm_spin};
+
+/// The attacks on `transport` (`shm`, `mmap` or `shm-spin`).
+pub fn attacks(transport: &str) -> Vec<Attack> {
+    let a = |name, run: fn(&Env, &ServerProcess)| Attack {
+        name,
+        run,
+        grow_kib: 4096,
+    };
+    let mut list = if transport == "shm-spin" {
+        vec![
+            a("ring head past the capacity", spin_forged_head),
+            a("ring tail past the head", spin_forged_tail),
+        ]
+    } else {
+        vec![a("chunk lengths over the area", shm_lengths_over_the_area)]
+    };
+    list.extend([
+        a("garbage in every field", garbage_everywhere),
+        a(
+            "a client outliving its idle session",
+            stale_client_after_idle_timeout,
+        ),
+        a(
+            "the session region truncated (in a session, and on offer)",
+            truncated_session_region,
+        ),
+        a("the meeting region truncated", truncated_meeting_region),
+    ]);
+    list
+}
 
 /// What the attacker's area holds after its frame header.
 const PATTERN: u8 = 0x5c;
@@ -89,6 +124,13 @@ fn ends(raw: &Raw, limit: Duration, what: &str) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Post the semaphore at `off` of the session region.
+fn post(raw: &Raw, off: usize) {
+    let (base, len) = raw.session();
+    assert!(off + 4 <= len && off.is_multiple_of(4));
+    unsafe { &*(base.add(off) as *const Sem) }.post().unwrap();
 }
 
 fn futex_wake(word: &AtomicU32) {
@@ -178,12 +220,10 @@ pub fn shm_lengths_over_the_area(env: &Env, server: &ServerProcess) {
     let (area0, area1, cap) = (shm::layout::area(0), shm::layout::area(1), shm::CAPACITY);
     for forged in [cap as u32 + 1, u32::MAX, 2 * cap as u32] {
         let raw = join(env, server);
-        let (base, _) = raw.session();
-        let post = |off: usize| unsafe { libc::sem_post(base.add(off) as *mut libc::sem_t) };
         // A valid echo of 100 bytes first: it is answered.
         plant_request(&raw, area0, 108, 100);
         u32_at(&raw, len0).store(108, Ordering::SeqCst);
-        assert_eq!(post(full0), 0);
+        post(&raw, full0);
         let until = Instant::now() + Duration::from_secs(5);
         while u32_at(&raw, len1).load(Ordering::SeqCst) == 0 {
             assert!(Instant::now() < until, "no answer to a valid chunk");
@@ -192,7 +232,7 @@ pub fn shm_lengths_over_the_area(env: &Env, server: &ServerProcess) {
         // Then one announced longer than the area.
         plant_request(&raw, area0, cap, 1 << 20);
         u32_at(&raw, len0).store(forged, Ordering::SeqCst);
-        assert_eq!(post(full0), 0);
+        post(&raw, full0);
         let what = format!("{} chunk length {forged}", env.transport.name());
         ends(&raw, Duration::from_secs(5), &what);
         echoed_only_what_was_sent(&raw, area1, cap, &what);
@@ -200,15 +240,13 @@ pub fn shm_lengths_over_the_area(env: &Env, server: &ServerProcess) {
 }
 
 /// All three: garbage in the session region's header page (the kit's
-/// fields, ring indices, sleep words, eof, lengths), then in the words of
-/// the meeting region a client writes (the slot, held by "pid 1", alive and
-/// never joining; the connect counter).
+/// fields, ring indices, sleep words, eof, lengths, shm's semaphore words),
+/// then in the words of the meeting region a client writes (the slot, held
+/// by "pid 1", alive and never joining; the connect counter).
 ///
-/// Not the bytes of shm's `sem_t`s: glibc aborts the process ("The futex
-/// facility returned an unexpected error code") on a semaphore whose
-/// `private` word is garbage — an open defect of `src/sem.rs` (glibc
-/// semaphores cannot live in memory an untrusted peer writes), left to a
-/// change of that file.
+/// The semaphore words included: with glibc's `sem_t` there, garbage in its
+/// `private` word made glibc abort the server ("The futex facility returned
+/// an unexpected error code").
 pub fn garbage_everywhere(env: &Env, server: &ServerProcess) {
     let spin = env.transport.name() == "shm-spin";
     let area1 = if spin {
@@ -217,24 +255,11 @@ pub fn garbage_everywhere(env: &Env, server: &ServerProcess) {
         shm::layout::area(1)
     };
     let area0 = area1 - 64 * 1024;
-    let sems: Vec<(usize, usize)> = if spin {
-        Vec::new()
-    } else {
-        let (f0, _, l0) = shm::layout::fields(0);
-        let (_, _, l1) = shm::layout::fields(1);
-        vec![(f0, l0), (l0 + 8, l1)]
-            .into_iter()
-            .map(|(a, b)| (a & !7, b & !7))
-            .collect()
-    };
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for round in 0..4 {
         let raw = join(env, server);
         plant_request(&raw, area0, 64 * 1024, 1 << 20);
         for off in (0..4096).step_by(8) {
-            if sems.iter().any(|&(a, b)| off >= a && off < b) {
-                continue;
-            }
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -342,4 +367,173 @@ pub fn stale_client_after_idle_timeout(env: &Env, _server: &ServerProcess) {
         .collect();
     assert!(left.is_empty(), "{}: left {left:?}", own.transport.name());
     assert!(own.leftovers().is_empty(), "{:?}", own.leftovers());
+}
+
+/// The paths of the server's meeting region and of the session region it
+/// offers to the next client (`<meeting>.session`, for `mmap`
+/// `<name>.session.mmap`).
+fn region_paths(env: &Env, server: &ServerProcess) -> (PathBuf, PathBuf) {
+    let cfg = server.client_config(&env.cfg);
+    match env.transport.name() {
+        "mmap" => (cfg.object_path(".mmap"), cfg.object_path(".session.mmap")),
+        _ => {
+            let meeting = env.transport.external_objects(&cfg)[0].clone();
+            let mut session = meeting.clone().into_os_string();
+            session.push(".session");
+            (meeting, session.into())
+        }
+    }
+}
+
+fn open_rw(path: &Path) -> File {
+    File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// Join the server's session as its client, holding a descriptor of the
+/// session region too (opened by its name before joining; the same object,
+/// checked by a marker written through the mapping and read through the
+/// descriptor).
+fn join_with_file(env: &Env, server: &ServerProcess) -> (Raw, File) {
+    let (_, session) = region_paths(env, server);
+    for _ in 0..50 {
+        let Ok(file) = File::options().read(true).write(true).open(&session) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let raw = join(env, server);
+        // An unused word of the kit's header (below the transport's, at 256).
+        u32_at(&raw, MARK_AT).store(0x7275_6e63, Ordering::SeqCst);
+        let mut word = [0u8; 4];
+        // Not the region joined (one being replaced): try again.
+        if file.read_exact_at(&mut word, MARK_AT as u64).is_ok()
+            && u32::from_le_bytes(word) == 0x7275_6e63
+        {
+            return (raw, file);
+        }
+    }
+    panic!(
+        "{}: could not join the offered session region",
+        env.transport.name()
+    );
+}
+
+const MARK_AT: usize = 200;
+
+/// Wake whoever sleeps in the session: shm — post the client → server
+/// `full` semaphore (its word is in the header page); shm-spin — publish a
+/// `head` of one frame header and wake the server's reader.
+fn wake_the_server(env: &Env, raw: &Raw) {
+    if env.transport.name() == "shm-spin" {
+        let (head0, _, _) = shm_spin::layout::fields(0);
+        u64_at(raw, head0).store(protocol::HEADER_LEN as u64, Ordering::SeqCst);
+        futex_wake(u32_at(raw, head0 + 256));
+    } else {
+        let (full0, _, len0) = shm::layout::fields(0);
+        u32_at(raw, len0).store(protocol::HEADER_LEN as u32, Ordering::SeqCst);
+        post(raw, full0);
+    }
+}
+
+/// All three: `ftruncate(2)` of the session region in a session, and of
+/// the region offered to the next client before anyone joined it. A page
+/// touched past the new end of a shared file raises SIGBUS, which kills
+/// the process that touches it: the server must survive (the harness
+/// checks it, and that it serves the next client), its session must end.
+///
+/// In a session: to nothing while the server waits for a request (its next
+/// look at its semaphore or sleep word is past the end), and to the header
+/// page alone before a request is announced (the server copies from a
+/// data area past the end). Between sessions: truncated by someone who
+/// never claims the slot (the server must offer a fresh region before the
+/// next client comes); and by an attacker that claims the slot
+/// in the meeting region, writes its pid into the offered region as a
+/// joining client does, truncates the region to nothing and rings the
+/// meeting's `connect` word (the server reads the region to check the
+/// joiner), then leaves.
+pub fn truncated_session_region(env: &Env, server: &ServerProcess) {
+    // In a session, to nothing.
+    let (raw, file) = join_with_file(env, server);
+    file.set_len(0).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    drop(raw);
+    // In a session, to the header page: the request lies past the end.
+    let (raw, file) = join_with_file(env, server);
+    file.set_len(4096).unwrap();
+    wake_the_server(env, &raw);
+    std::thread::sleep(Duration::from_millis(800));
+    drop(raw);
+    // The region on offer, truncated by someone who never claims the slot:
+    // the server replaces it on its own, and the next client is served at
+    // its first attempt (not only after one has failed on it and left).
+    let (meeting, session) = region_paths(env, server);
+    let until = Instant::now() + Duration::from_secs(10);
+    let offered = loop {
+        // Wait for the region of the next session (the last one's client
+        // has just left).
+        if let Ok(f) = File::options().read(true).write(true).open(&session)
+            && f.metadata().unwrap().len() > 4096
+        {
+            break f;
+        }
+        assert!(Instant::now() < until, "no region on offer");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    offered.set_len(0).unwrap();
+    drop(offered);
+    std::thread::sleep(Duration::from_millis(800));
+    let cfg = server.client_config(&env.cfg);
+    let mut first = Client::from_link(
+        server
+            .connect(env.transport, &cfg)
+            .unwrap_or_else(|e| panic!("after the region on offer was truncated: {e}")),
+        cfg.max_frame,
+        Form::Binary,
+    );
+    first
+        .ping()
+        .unwrap_or_else(|e| panic!("after the region on offer was truncated: {e}"));
+    drop(first);
+    // The region on offer, truncated by a "client" that claimed the slot
+    // and rings the server.
+    let meeting = open_rw(&meeting);
+    let m = unsafe { memmap2::MmapMut::map_mut(&meeting) }.unwrap();
+    let (connect, slot) = unsafe {
+        (
+            &*(m.as_ptr().add(20) as *const AtomicU32),
+            &*(m.as_ptr().add(24) as *const AtomicU64),
+        )
+    };
+    let me = std::process::id() as u64;
+    let until = Instant::now() + Duration::from_secs(10);
+    while slot
+        .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        assert!(Instant::now() < until, "the slot was never freed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let offered = open_rw(&session);
+    let s = unsafe { memmap2::MmapMut::map_mut(&offered) }.unwrap();
+    // client_pid, at 40 in the kit's header.
+    unsafe { &*(s.as_ptr().add(40) as *const AtomicU32) }.store(me as u32, Ordering::SeqCst);
+    drop(s);
+    offered.set_len(0).unwrap();
+    connect.fetch_add(1, Ordering::SeqCst);
+    futex_wake(connect);
+    std::thread::sleep(Duration::from_millis(800));
+    // Leave, as a client does.
+    let _ = slot.compare_exchange(me, me | 1 << 32, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// All three: `ftruncate(2)` of the meeting region (the server reads its
+/// `connect` word and slot on every turn of its accept loop). The server
+/// must survive and serve the next client.
+pub fn truncated_meeting_region(env: &Env, server: &ServerProcess) {
+    let (meeting, _) = region_paths(env, server);
+    open_rw(&meeting).set_len(0).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
 }
