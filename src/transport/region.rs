@@ -16,7 +16,8 @@
 //!
 //! # Two kinds of region: a meeting point and one region per session
 //! The server creates a small **meeting region** under the well-known name.
-//! It holds the server's pid, a `closed` flag, the one-client **slot** (the
+//! It holds the server's pid and a `closed` flag (hints; the pid file says
+//! whether the server runs), the one-client **slot** (the
 //! pid of the client holding it, plus a "leaving" bit), a `connect` word the
 //! server sleeps on in `futex(2)`, and the number of the **session region**
 //! that is ready for the next client, `<name>.session`, made in advance so
@@ -24,6 +25,7 @@
 //!
 //! ```text
 //!   client                                   server
+//!   read <name>.<transport>.pid: alive?      (holds that pid file)
 //!   map the meeting region
 //!   CAS slot 0 → my pid   (else: "busy")
 //!   read the ready session's number n
@@ -47,7 +49,13 @@
 //! under the feet of a late client that might still be blocked on it.)
 //!
 //! # Nothing a peer writes is trusted
-//! The peer maps the same pages and can write any byte of them. The slot is
+//! The peer maps the same pages and can write any byte of them. Whether
+//! the server is alive is therefore never read from a region: the server
+//! holds a pid file, `<dir>/<name>.<transport>.pid`, in its 0700 runtime
+//! directory from before its first region to after its last, and clients,
+//! `ipclab clean` and a starting server judge by it (see
+//! [`super::kit::objects`]); the meeting's `server_pid` and `closed` words
+//! are only hints. The slot is
 //! one 64-bit word, so "held by a live client" and "being left" are read
 //! together; a claim that never became a session is freed after the
 //! timeout; sizes are the transport's constants, never a field of the
@@ -70,6 +78,7 @@
 //! `kill(2)` with signal 0, `sigaction(2)` (`SIGBUS`, once per process).
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -175,6 +184,10 @@ pub(crate) struct Session {
     pub(crate) meeting: Option<Arc<Region>>,
     pub peer: i32,
     pub server_side: bool,
+    /// The client's: the server's pid file, which says whether the
+    /// server still runs when the meeting region's `closed` (a word any
+    /// peer can write) says it stopped.
+    pub(crate) pid_file: Option<PathBuf>,
 }
 
 impl Session {
@@ -200,10 +213,16 @@ impl Session {
         if self.region.common().closed.load(Ordering::SeqCst) != 0 {
             return gone("the server ended the session (silent for longer than its --idle-timeout, or it is stopping); connect again".into());
         }
+        // A hint, re-checked: a peer can write the meeting's `closed`, not
+        // the server's pid file.
         if self
             .meeting
             .as_ref()
             .is_some_and(|m| m.common().closed.load(Ordering::SeqCst) != 0)
+            && self
+                .pid_file
+                .as_ref()
+                .is_none_or(|p| runtime::read_pid_file(p).ok() != Some(peer))
         {
             return gone("the server stopped".into());
         }
@@ -268,6 +287,9 @@ pub(crate) struct Meeting {
     /// A claim of the slot not (yet) followed by a session, and since when.
     claim: Option<(u64, Instant)>,
     timeout: Duration,
+    /// `<dir>/<name>.<transport>.pid`: what says this server is alive
+    /// ([`super::kit::objects`]). Last, so it goes after the regions.
+    _pid_file: CreatedPath,
 }
 
 impl Meeting {
@@ -279,6 +301,9 @@ impl Meeting {
     pub(crate) fn listen(spec: &'static Spec, cfg: &Config) -> io::Result<Meeting> {
         runtime::prepare_dir(&cfg.dir)?;
         let names = Names::new(spec, cfg);
+        // First: a live server's pid file makes this one fail "already in
+        // use", and any region under our names is then a dead server's.
+        let pid_file = runtime::create_pid_file(&names.pid_path())?;
         let (meeting, file) = ready_region(&names, 0, MEETING, PAGE)?;
         let meeting = Arc::new(meeting);
         let shown = names.meeting().shown();
@@ -300,6 +325,7 @@ impl Meeting {
             file: Some(file),
             claim: None,
             timeout: cfg.timeout,
+            _pid_file: pid_file,
         })
     }
 
@@ -360,6 +386,7 @@ impl Meeting {
             meeting: Some(Arc::clone(&self.meeting)),
             peer: pid,
             server_side: true,
+            pid_file: None,
         });
         let seat = Seat {
             session: Some(Arc::clone(&session)),

@@ -49,6 +49,10 @@ pub fn attacks(transport: &str) -> Vec<Attack> {
             truncated_session_region,
         ),
         a("the meeting region truncated", truncated_meeting_region),
+        a(
+            "closed and server_pid forged in the meeting region",
+            forged_liveness_words,
+        ),
     ]);
     list
 }
@@ -536,4 +540,95 @@ pub fn truncated_meeting_region(env: &Env, server: &ServerProcess) {
     let (meeting, _) = region_paths(env, server);
     open_rw(&meeting).set_len(0).unwrap();
     std::thread::sleep(Duration::from_millis(800));
+}
+
+/// A client served now, through `server`'s transport, or panic saying
+/// `after` what it was not.
+fn served(env: &Env, server: &ServerProcess, after: &str) {
+    let cfg = server.client_config(&env.cfg);
+    let link = server
+        .connect(env.transport, &cfg)
+        .unwrap_or_else(|e| panic!("{}: after {after}: {e}", env.transport.name()));
+    let mut c = Client::from_link(link, cfg.max_frame, Form::Binary);
+    c.ping()
+        .unwrap_or_else(|e| panic!("{}: after {after}: {e}", env.transport.name()));
+}
+
+/// All three: a peer writes `closed = 1` (offset 16) and a dead pid into
+/// `server_pid` (offset 12) of the meeting region, which every client maps
+/// read-write. Liveness is judged by the server's pid file in the 0700
+/// runtime directory, not by these words: (a) the next client is served;
+/// (b) `ipclab clean --force` removes nothing of the live server, which
+/// still serves; (c) a second `serve` on the same name fails with "already
+/// in use" and does not disturb the first.
+pub fn forged_liveness_words(env: &Env, server: &ServerProcess) {
+    let t = env.transport.name();
+    let (meeting, _) = region_paths(env, server);
+    // A pid that is surely gone: a child of ours, reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let forge = || {
+        let f = open_rw(&meeting);
+        f.write_all_at(&dead.to_ne_bytes(), 12).unwrap();
+        f.write_all_at(&1u32.to_ne_bytes(), 16).unwrap();
+    };
+    forge();
+    // (a)
+    served(env, server, "closed and server_pid were forged");
+    // (b)
+    forge();
+    let out = std::process::Command::new(exe())
+        .args(["clean", "--force", "--dir"])
+        .arg(&env.cfg.dir)
+        .output()
+        .unwrap();
+    assert!(
+        meeting.exists(),
+        "{t}: `ipclab clean --force` removed the live server's meeting region {}: {}",
+        meeting.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    served(env, server, "the forged words and `ipclab clean --force`");
+    // (c)
+    forge();
+    let cfg = server.client_config(&env.cfg);
+    let mut second = std::process::Command::new(exe())
+        .arg("serve")
+        .arg(t)
+        .args(ipclab::process::serve_args(&cfg))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= until {
+            // It started: stop it (SIGTERM: it removes what it made).
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(second.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let s = second.wait().unwrap();
+            panic!(
+                "{t}: a second server started on the name of a live one whose words were forged ({s})"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        !status.success() && err.contains("already in use"),
+        "{t}: a second server on the name of a live one whose words were forged: {status} {err}"
+    );
+    assert!(
+        meeting.exists(),
+        "{t}: the second server removed the live server's meeting region"
+    );
+    served(env, server, "a second `serve` on the same name");
 }

@@ -1,6 +1,8 @@
 //! The client's side of the region kit ([`crate::transport::region`]):
-//! claim the one-client slot in the meeting region, map the session region
-//! on offer, check it is the one the meeting names, and tell the server.
+//! learn from the server's pid file whether it runs (never from the
+//! meeting region's words, which any peer can write), claim the one-client
+//! slot in the meeting region, map the session region on offer, check it is
+//! the one the meeting names, and tell the server.
 
 use std::io;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use nix::sys::stat::Mode;
 
 use super::futex;
 use super::objects::{Names, map};
-use crate::runtime::pid_alive;
+use crate::runtime::{self, pid_alive};
 use crate::transport::Config;
 use crate::transport::region::{LEAVING, MEETING, SESSION, Seat, Session, Spec};
 
@@ -27,6 +29,10 @@ pub(crate) fn join(spec: &'static Spec, cfg: &Config) -> io::Result<(Arc<Session
     let obj = names.meeting();
     let name = obj.shown();
     let t = spec.transport;
+    // Whether the server runs: its pid file, which no peer can write (the
+    // meeting region's `server_pid` and `closed` words are any peer's).
+    let pid_file = names.pid_path();
+    let server = runtime::live_server_pid(&pid_file, t)?;
     let fd = obj
         .open(OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| match e {
@@ -41,13 +47,6 @@ pub(crate) fn join(spec: &'static Spec, cfg: &Config) -> io::Result<(Arc<Session
         })?;
     let meeting = Arc::new(map(fd, &name, spec, Some(MEETING))?);
     let c = meeting.common();
-    let server = c.server_pid.load(Ordering::SeqCst);
-    if c.closed.load(Ordering::SeqCst) != 0 || !pid_alive(server) {
-        return Err(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            format!("the server of {name} (pid {server}) is gone: a stale region"),
-        ));
-    }
     // Claim the slot. One whose holder left or died is being freed by the
     // server: wait for that, within the timeout.
     let me = std::process::id() as i32;
@@ -95,7 +94,8 @@ pub(crate) fn join(spec: &'static Spec, cfg: &Config) -> io::Result<(Arc<Session
         })?;
     let region = map(fd, &sname, spec, Some(SESSION))?;
     let sc = region.common();
-    if sc.session.load(Ordering::SeqCst) != id || sc.server_pid.load(Ordering::SeqCst) != server {
+    // Its number is the server's pid and a count: the region of this server.
+    if sc.session.load(Ordering::SeqCst) != id || (id >> 32) as i32 != server {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{sname} is not the session region of server pid {server}"),
@@ -109,6 +109,7 @@ pub(crate) fn join(spec: &'static Spec, cfg: &Config) -> io::Result<(Arc<Session
         meeting: Some(meeting),
         peer: server,
         server_side: false,
+        pid_file: Some(pid_file),
     });
     Ok((session, seat))
 }

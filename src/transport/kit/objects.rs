@@ -10,6 +10,19 @@
 //! descriptor. Every region is mapped through [`Mapped`], so a peer that
 //! truncates it cannot kill us with `SIGBUS`.
 //!
+//! # Who says a server is alive: its pid file, never the region
+//! Every client maps the meeting region read-write, so its `server_pid`
+//! and `closed` words say only what the last writer wanted: a peer could
+//! write `closed = 1` or a dead pid there and have clients turn away, and
+//! `ipclab clean` or a second server remove a live server's region. So the
+//! server first creates `<dir>/<name>.<transport>.pid` in the 0700 runtime
+//! directory (which no peer of the mechanism can write), and holds it until
+//! it stops, after its regions are gone. A client, `ipclab clean` and a
+//! starting server judge "is the server alive" by that file and
+//! `kill(pid, 0)`; the region's words are at most hints, re-checked
+//! against it. A starting server that holds the pid file knows any region
+//! under its names is a dead server's, and replaces it.
+//!
 //! System calls: `shm_open(3)`/`open(2)` with `O_CREAT | O_EXCL`,
 //! `fstat(2)`, `fchmod(2)`, `ftruncate(2)`, `posix_fallocate(3)`, `mmap(2)`,
 //! `shm_unlink(3)`/`unlink(2)`.
@@ -28,9 +41,8 @@ use nix::sys::stat::{Mode, fchmod};
 use nix::unistd::{ftruncate, getuid};
 
 use super::mapped::Mapped;
-use crate::objects::{self, Leftover};
-use crate::runtime::CreatedPath;
-use crate::runtime::pid_alive;
+use crate::objects::{self, Leftover, Verdict};
+use crate::runtime::{self, CreatedPath};
 use crate::transport::Config;
 use crate::transport::region::{MEETING, PAGE, Region, SESSION, Spec, Store};
 
@@ -53,6 +65,13 @@ impl Names {
     pub(crate) fn new(spec: &'static Spec, cfg: &Config) -> Names {
         let (dir, name) = (cfg.dir.clone(), cfg.name.clone());
         Names { spec, dir, name }
+    }
+
+    /// `<dir>/<name>.<transport>.pid`: the server's pid, which says
+    /// whether it is alive (see the module doc).
+    pub(crate) fn pid_path(&self) -> PathBuf {
+        self.dir
+            .join(format!("{}.{}.pid", self.name, self.spec.transport))
     }
 
     pub(crate) fn meeting(&self) -> Object {
@@ -114,8 +133,9 @@ impl Object {
         self.path.display().to_string()
     }
 
-    /// Create, sized `size`, pages reserved; a dead server's region there is
-    /// replaced, a live server's is an error, anything not ours is left alone.
+    /// Create, sized `size`, pages reserved; a region of ours already
+    /// there is a dead server's (the caller holds the pid file, see the
+    /// module doc) and is replaced; anything not ours is left alone.
     ///
     /// The region says whose it is (magic, `kind`, our pid) from the moment
     /// it has its size: a server killed while preparing it leaves a region
@@ -129,20 +149,8 @@ impl Object {
             Ok(fd) => fd,
             Err(Errno::EEXIST) => {
                 let old = self.open(OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
-                let old = map(old, &name, spec, None)
+                map(old, &name, spec, None)
                     .map_err(|e| io::Error::new(e.kind(), format!("{e}; not removing it")))?;
-                let (pid, closed) = (
-                    old.common().server_pid.load(Ordering::SeqCst),
-                    old.common().closed.load(Ordering::SeqCst),
-                );
-                if pid_alive(pid) && closed == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!(
-                            "{name} is already in use by a live server (pid {pid}; pick another --name)"
-                        ),
-                    ));
-                }
                 self.unlink()?;
                 self.open(flags, mode)?
             }
@@ -259,13 +267,42 @@ impl Names {
     }
 }
 
-/// `ipclab clean`: the regions of `dir`'s servers, judged by their server.
+/// `ipclab clean`: the pid files of `dir`'s servers, judged by their pid,
+/// and their regions, judged by the pid file of their name (never by the
+/// words in the region, which a peer can write).
 pub(crate) fn leftovers(spec: &'static Spec, dir: &Path) -> Vec<Leftover> {
+    let t = spec.transport;
+    let mut found = Vec::new();
+    // The regions of servers whose pid file is live (or not ours to judge).
+    let mut guarded: Vec<(PathBuf, String)> = Vec::new();
+    for (instance, path) in objects::files_with_suffix(dir, &format!(".{t}.pid")) {
+        let file = Leftover::judge_file(
+            t,
+            "pid file",
+            &path,
+            |t| t.is_file(),
+            || {
+                let pid = runtime::read_pid_file(&path)?;
+                Ok(objects::pid_verdict("server", pid))
+            },
+        );
+        if !file.removable() {
+            let names = Names {
+                spec,
+                dir: dir.to_path_buf(),
+                name: instance,
+            };
+            let why = format!("its server's pid file {} is kept", path.display());
+            guarded.push((names.meeting().path, why.clone()));
+            guarded.push((names.session().path, why));
+        }
+        found.push(file);
+    }
     let (what, paths): (&str, Vec<PathBuf>) = match spec.store {
         Store::Shm { tag } => {
             let prefix = prefix(tag, dir);
             let Ok(entries) = std::fs::read_dir("/dev/shm") else {
-                return Vec::new();
+                return found;
             };
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -283,45 +320,46 @@ pub(crate) fn leftovers(spec: &'static Spec, dir: &Path) -> Vec<Leftover> {
                 .collect(),
         ),
     };
-    paths
-        .into_iter()
-        .map(|path| {
-            let obj = match spec.store {
-                Store::Shm { .. } => {
-                    let n = path.file_name().unwrap_or_default().to_string_lossy();
-                    Object {
-                        store: spec.store,
-                        shm: format!("/{n}"),
-                        path: path.clone(),
-                    }
-                }
-                Store::File { .. } => Object {
+    found.extend(paths.into_iter().map(|path| {
+        if let Some((_, why)) = guarded.iter().find(|(p, _)| *p == path) {
+            let object = format!("{what} {}", path.display());
+            return Leftover::kept(t, object, Verdict::Live, why.clone(), Some(&path));
+        }
+        let obj = match spec.store {
+            Store::Shm { .. } => {
+                let n = path.file_name().unwrap_or_default().to_string_lossy();
+                Object {
                     store: spec.store,
-                    shm: String::new(),
+                    shm: format!("/{n}"),
                     path: path.clone(),
-                },
-            };
-            Leftover::judge_file(
-                spec.transport,
-                what,
-                &path,
-                |t| t.is_file(),
-                || {
-                    let fd = obj.open(OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
-                    // Not a region of ours (or one whose server died in the
-                    // instant between creating and initialising it: the two
-                    // cannot be told apart, so it is left alone).
-                    let r = map(fd, &obj.shown(), spec, None)?;
-                    let pid = r.common().server_pid.load(Ordering::SeqCst);
-                    Ok(if r.common().closed.load(Ordering::SeqCst) == 0 {
-                        objects::pid_verdict("server", pid)
-                    } else {
-                        Err(format!("its server, pid {pid}, has stopped"))
-                    })
-                },
-            )
-        })
-        .collect()
+                }
+            }
+            Store::File { .. } => Object {
+                store: spec.store,
+                shm: String::new(),
+                path: path.clone(),
+            },
+        };
+        Leftover::judge_file(
+            t,
+            what,
+            &path,
+            |t| t.is_file(),
+            || {
+                let fd = obj.open(OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+                // Not a region of ours (or one whose server died in the
+                // instant between creating and initialising it: the two
+                // cannot be told apart, so it is left alone).
+                map(fd, &obj.shown(), spec, None)?;
+                // A server creates its pid file before its regions and
+                // removes it after them: without a live one, nobody serves.
+                Ok(Err(format!(
+                    "no live server has its name (no live pid file .{t}.pid for it)"
+                )))
+            },
+        )
+    }));
+    found
 }
 
 /// The meeting region of a server of `cfg`, if outside its runtime
