@@ -200,14 +200,14 @@ impl Transport for Shm {
         static SHM_ABOUT: About = About {
             name: "shm",
             description: "POSIX shared memory, process-shared semaphores (blocking), one client",
-            kernel_objects: "shared memory objects /dev/shm/ipclab-<uid>-<hash>-<name> (meeting) and …-<name>.session (a session); semaphores live inside",
+            kernel_objects: "shared memory objects /dev/shm/ipclab-<uid>-<hash>-<name> (meeting) and …-<name>.session (a session); semaphores live inside; pid file <dir>/<name>.shm.pid",
             inspect_note: "Both processes map the same /dev/shm objects (POSIX shared memory: files in a tmpfs), one to meet and one per session (its name removed once both have it mapped, hence (deleted)). Their mappings name the same paths with s (shared) in the permissions, and neither holds a socket or pipe for them: after shm_open(3) and mmap(2) the descriptor is no longer needed. The payload is copied into the mapping and out of it; the semaphores that say whose turn it is live inside the mapping (futex words), so they appear nowhere else.",
             capabilities: CAPABILITIES,
         };
         static MMAP_ABOUT: About = About {
             name: "mmap",
             description: "a memory-mapped regular file, process-shared semaphores inside it (blocking), one client",
-            kernel_objects: "files <dir>/<name>.mmap (meeting) and <name>.session.mmap (a session) mapped MAP_SHARED by both; semaphores live inside",
+            kernel_objects: "files <dir>/<name>.mmap (meeting) and <name>.session.mmap (a session) mapped MAP_SHARED by both; semaphores live inside; pid file <dir>/<name>.mmap.pid",
             inspect_note: "Both processes map the same regular files in the runtime directory, <name>.mmap to meet and one <name>.session.mmap per session (its name removed once both have it mapped): their mappings show the path with s (shared) in the permissions, as for shm, but these are ordinary files on an ordinary file system. Their pages are the files' page-cache pages, so the kernel also writes them back from time to time (dirty pages); on a tmpfs such as /run/user that costs nothing, on a disk it is I/O the shm transport never does. The semaphores live inside the mapping.",
             capabilities: CAPABILITIES,
         };

@@ -209,7 +209,7 @@ impl Transport for ShmSpin {
         static ABOUT: About = About {
             name: "shm-spin",
             description: "POSIX shared memory, lock-free rings, busy-waiting (spin, yield, then futex), one client",
-            kernel_objects: "shared memory objects /dev/shm/ipclab-spin-<uid>-<hash>-<name> (meeting) and …-<name>.session (a session); rings and futex words live inside",
+            kernel_objects: "shared memory objects /dev/shm/ipclab-spin-<uid>-<hash>-<name> (meeting) and …-<name>.session (a session); rings and futex words live inside; pid file <dir>/<name>.shm-spin.pid",
             inspect_note: "Like shm, both processes map the same /dev/shm objects (one to meet, one per session) and hold nothing else: no socket, no pipe, not even a semaphore. The two rings and their head and tail indices are plain memory in that mapping. While a conversation runs, neither process enters the kernel: each watches the other's index in a loop (look at the CPU time of both processes with `ps -o pid,time,cmd`), and only an idle side goes to sleep in futex(2) on a word inside the mapping.",
             capabilities: Capabilities::stream().one_client(),
         };
