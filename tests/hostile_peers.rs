@@ -210,14 +210,13 @@ pub fn trickling_peer_loses_its_session(mut env: Env) {
     base.holds(&env, &server, 8 * MIB, "a peer that trickles a message");
 }
 
-/// The server killed under a client's `--fill` loop: the client exits
-/// non-zero and says what happened, within its timeout.
-pub fn killed_server_fails_the_client(env: Env) {
-    let server = env.server();
+/// An `ipclab client --fill 1M` process looping for good, 0.4 s into its
+/// round trips.
+fn endless_fill_client(env: &Env, cfg: &ipclab::transport::Config) -> std::process::Child {
     let client = Command::new(exe())
         .arg("client")
         .arg(env.transport.name())
-        .args(client_args(&server.client_config(&env.cfg)))
+        .args(client_args(cfg))
         .args(["--fill", &(1 << 20).to_string(), "--count", "1000000"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -225,6 +224,14 @@ pub fn killed_server_fails_the_client(env: Env) {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(400));
+    client
+}
+
+/// The server killed under a client's `--fill` loop: the client exits
+/// non-zero and says what happened, within its timeout.
+pub fn killed_server_fails_the_client(env: Env) {
+    let server = env.server();
+    let client = endless_fill_client(&env, &server.client_config(&env.cfg));
     kill(server.pid(), Signal::SIGKILL).unwrap();
     let killed = Instant::now();
     let out = client.wait_with_output().unwrap();
@@ -262,17 +269,7 @@ pub fn killed_server_fails_the_client(env: Env) {
 
 /// The same for a pipe client, whose server is its own child.
 pub fn killed_pipe_server_fails_the_client(env: Env) {
-    let client = Command::new(exe())
-        .arg("client")
-        .arg(env.transport.name())
-        .args(client_args(&env.cfg))
-        .args(["--fill", &(1 << 20).to_string(), "--count", "1000000"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    let client = endless_fill_client(&env, &env.cfg);
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", client.id())).unwrap();
     let child: i32 = children
