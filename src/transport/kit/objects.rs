@@ -44,7 +44,92 @@ use super::mapped::Mapped;
 use crate::objects::{self, Leftover, Verdict};
 use crate::runtime::{self, CreatedPath};
 use crate::transport::Config;
-use crate::transport::region::{MEETING, PAGE, Region, SESSION, Spec, Store};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
+
+// The layout every region of the kit shares (re-exported by
+// `transport::region`, whose protocol uses it).
+
+/// Size of a meeting region.
+pub(crate) const PAGE: usize = 4096;
+/// Where a transport's own header starts in a session region.
+pub(crate) const OWN_HEADER: usize = 256;
+/// Where a session region's data areas start.
+pub(crate) const DATA_OFFSET: usize = 4096;
+
+pub(crate) const MEETING: u32 = 1;
+pub(crate) const SESSION: u32 = 2;
+/// In the slot word, above the holder's pid: the holder has left.
+pub(crate) const LEAVING: u64 = 1 << 32;
+
+/// What a transport tells the kit about its regions.
+pub(crate) struct Spec {
+    pub transport: &'static str,
+    pub magic: u64,
+    pub store: Store,
+    /// Size of a session region (header page and data areas).
+    pub session_size: usize,
+    /// Initialise the transport's header of a fresh session region.
+    pub init: fn(&Region) -> io::Result<()>,
+}
+
+/// Where regions live.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// `/dev/shm/ipclab-<tag><uid>-<hash>-<name>`, via `shm_open(3)`.
+    Shm { tag: &'static str },
+    /// `<dir>/<name><suffix>`, a regular file.
+    File { suffix: &'static str },
+}
+
+/// The fields every region begins with.
+#[repr(C)]
+pub(crate) struct Common {
+    pub magic: AtomicU64,
+    pub kind: AtomicU32,
+    pub server_pid: AtomicI32,
+    /// Meeting: the server stopped. Session: the server ended the session.
+    pub closed: AtomicU32,
+    /// Meeting: bumped (then woken) by a client that joined a session.
+    pub connect: AtomicU32,
+    /// Meeting: the slot (holder pid | LEAVING). Session: unused.
+    pub slot: AtomicU64,
+    /// Meeting: number of the session region ready (0: none). Session: its own.
+    pub session: AtomicU64,
+    /// Session: the client that joined it.
+    pub client_pid: AtomicI32,
+}
+
+const _: () = assert!(size_of::<Common>() <= OWN_HEADER);
+
+/// One mapped region.
+pub(crate) struct Region {
+    pub(crate) map: Mapped,
+}
+
+impl Region {
+    pub(crate) fn common(&self) -> &Common {
+        // SAFETY: every region is at least a page, page-aligned; Common is
+        // atomics only, valid for any bit pattern a peer may write.
+        unsafe { &*(self.map.ptr() as *const Common) }
+    }
+
+    /// The transport's own header.
+    ///
+    /// # Safety
+    /// `T` must be `#[repr(C)]`, fit between [`OWN_HEADER`] and
+    /// [`DATA_OFFSET`], be aligned to at most 256, and consist of fields
+    /// meant to be shared (atomics, semaphores).
+    pub(crate) unsafe fn own<T>(&self) -> &T {
+        unsafe { &*(self.map.ptr().add(OWN_HEADER) as *const T) }
+    }
+
+    /// Start of data area `i` of a session region whose areas are `cap` bytes.
+    pub(crate) fn area(&self, i: usize, cap: usize) -> *mut u8 {
+        debug_assert!(DATA_OFFSET + (i + 1) * cap <= self.map.size());
+        // SAFETY: within the mapping, whose size was checked when mapped.
+        unsafe { self.map.ptr().add(DATA_OFFSET + i * cap) }
+    }
+}
 
 /// The names of one server's regions.
 #[derive(Clone)]
