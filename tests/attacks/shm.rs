@@ -137,20 +137,6 @@ fn post(raw: &Raw, off: usize) {
     unsafe { &*(base.add(off) as *const Sem) }.post().unwrap();
 }
 
-fn futex_wake(word: &AtomicU32) {
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            i32::MAX,
-            0usize,
-            0usize,
-            0,
-        )
-    };
-}
-
 /// shm-spin: the client→server ring's `head` set past `tail + capacity`
 /// (and behind the tail): the server must not copy out of its area.
 pub fn spin_forged_head(env: &Env, server: &ServerProcess) {
@@ -202,7 +188,7 @@ pub fn spin_forged_tail(env: &Env, server: &ServerProcess) {
             sent += n;
             u64_at(&raw, head0).store(sent as u64, Ordering::SeqCst);
             // Wake the server if it sleeps on reader_sleeps (two cache lines after head).
-            futex_wake(u32_at(&raw, shm_spin::layout::fields(0).0 + 256));
+            ipclab::transport::kit::futex::wake(u32_at(&raw, shm_spin::layout::fields(0).0 + 256));
             std::thread::sleep(Duration::from_millis(2));
         }
         // The reply fills our ring; we never consume it, but lie about it.
@@ -308,7 +294,7 @@ pub fn garbage_everywhere(env: &Env, server: &ServerProcess) {
         std::thread::sleep(Duration::from_millis(10));
     }
     connect.fetch_add(12345, Ordering::SeqCst);
-    futex_wake(connect);
+    ipclab::transport::kit::futex::wake(connect);
 }
 
 /// All three: a client silent past the server's `--idle-timeout` writes
@@ -434,7 +420,7 @@ fn wake_the_server(env: &Env, raw: &Raw) {
     if env.transport.name() == "shm-spin" {
         let (head0, _, _) = shm_spin::layout::fields(0);
         u64_at(raw, head0).store(protocol::HEADER_LEN as u64, Ordering::SeqCst);
-        futex_wake(u32_at(raw, head0 + 256));
+        ipclab::transport::kit::futex::wake(u32_at(raw, head0 + 256));
     } else {
         let (full0, _, len0) = shm::layout::fields(0);
         u32_at(raw, len0).store(protocol::HEADER_LEN as u32, Ordering::SeqCst);
@@ -527,7 +513,7 @@ pub fn truncated_session_region(env: &Env, server: &ServerProcess) {
     drop(s);
     offered.set_len(0).unwrap();
     connect.fetch_add(1, Ordering::SeqCst);
-    futex_wake(connect);
+    ipclab::transport::kit::futex::wake(connect);
     std::thread::sleep(Duration::from_millis(800));
     // Leave, as a client does.
     let _ = slot.compare_exchange(me, me | 1 << 32, Ordering::SeqCst, Ordering::SeqCst);
