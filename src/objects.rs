@@ -209,6 +209,22 @@ impl Leftover {
     }
 }
 
+/// A server's pid file (`<dir>/<name>.<transport>.pid`), judged by whether
+/// the pid it names is alive: the one rule every transport with a pid file
+/// uses.
+pub fn judge_pid_file(transport: &'static str, path: &Path) -> Leftover {
+    Leftover::judge_file(
+        transport,
+        "pid file",
+        path,
+        |t| t.is_file(),
+        || {
+            let pid = runtime::read_pid_file(path)?;
+            Ok(pid_verdict("server", pid))
+        },
+    )
+}
+
 /// The verdict on an object whose owner is process `pid` (`who`: "server"
 /// or "client"): `Ok` (live, why) or `Err` (stale, why), as
 /// [`Leftover::judge_file`] takes it.

@@ -404,16 +404,7 @@ impl Transport for PosixMq {
         let prefix = prefix(dir);
         for (instance, path) in objects::files_with_suffix(dir, ".posix-mq.pid") {
             let pid = runtime::read_pid_file(&path);
-            let file = Leftover::judge_file(
-                "posix-mq",
-                "pid file",
-                &path,
-                |t| t.is_file(),
-                || {
-                    let pid = runtime::read_pid_file(&path)?;
-                    Ok(objects::pid_verdict("server", pid))
-                },
-            );
+            let file = objects::judge_pid_file("posix-mq", &path);
             // The meeting queue's name comes from the pid file's.
             let name = format!("{prefix}{instance}");
             if file.removable() && queue_exists(&name) {

@@ -318,18 +318,7 @@ impl Transport for Signal {
     fn leftovers(&self, dir: &Path) -> Vec<Leftover> {
         objects::files_with_suffix(dir, ".signal.pid")
             .into_iter()
-            .map(|(_, path)| {
-                Leftover::judge_file(
-                    "signal",
-                    "pid file",
-                    &path,
-                    |t| t.is_file(),
-                    || {
-                        let pid = runtime::read_pid_file(&path)?;
-                        Ok(objects::pid_verdict("server", pid))
-                    },
-                )
-            })
+            .map(|(_, path)| objects::judge_pid_file("signal", &path))
             .collect()
     }
 

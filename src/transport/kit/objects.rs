@@ -42,7 +42,7 @@ use nix::unistd::{ftruncate, getuid};
 
 use super::mapped::Mapped;
 use crate::objects::{self, Leftover, Verdict};
-use crate::runtime::{self, CreatedPath};
+use crate::runtime::CreatedPath;
 use crate::transport::Config;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
 
@@ -361,16 +361,7 @@ pub(crate) fn leftovers(spec: &'static Spec, dir: &Path) -> Vec<Leftover> {
     // The regions of servers whose pid file is live (or not ours to judge).
     let mut guarded: Vec<(PathBuf, String)> = Vec::new();
     for (instance, path) in objects::files_with_suffix(dir, &format!(".{t}.pid")) {
-        let file = Leftover::judge_file(
-            t,
-            "pid file",
-            &path,
-            |t| t.is_file(),
-            || {
-                let pid = runtime::read_pid_file(&path)?;
-                Ok(objects::pid_verdict("server", pid))
-            },
-        );
+        let file = objects::judge_pid_file(t, &path);
         if !file.removable() {
             let names = Names {
                 spec,
